@@ -1,0 +1,418 @@
+"""The sweep: models x stage configurations x formulations x solvers, one CSV row per run.
+
+Rows are appended and flushed as runs finish, so a sweep stopped by Ctrl-C, a crash
+or a reboot resumes where it stopped: a run whose key (model, config, formulation,
+solver) already has an ``ok`` or ``skipped`` row is not run again; rows with an
+error are retried and the newest row of a key wins. Every run keeps the state of
+every neuron, so runs of one model can be checked against each other: exact methods
+that disagree mean a bug, and the report says so before anything else.
+"""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+import formulations as formulation_registry
+from exactcompress.domain import Box
+from exactcompress.errors import ExactCompressError
+from exactcompress.prune import compress as prune
+from exactcompress.report import ACTIVE, INACTIVE, STATES, UNDECIDED, UNSTABLE
+from exactcompress.solvers import ADAPTERS, require
+from exactcompress.stability import StabilityOptions, find_stable_neurons
+from exactcompress.train import accuracy
+from exactcompress.verify import verify
+
+from . import tables
+from .suite import DEFAULT_CACHE, BenchModel, LoadedModel, load
+
+CONFIGS: dict[str, Callable[..., StabilityOptions]] = {
+    "full": StabilityOptions,
+    "paper": StabilityOptions.paper,
+}
+STAGES = ("bounds", "refute", "witness", "milp")
+FIELDS = (
+    "model", "config", "formulation", "solver", "status",
+    "dataset", "arch", "l1", "data", "time_limit",
+    "seconds", *(f"seconds_{s}" for s in STAGES),
+    "stably_active", "stably_inactive", "unstable", "undecided", "complete",
+    "milp_candidates", "milp_solves", "stable_pct_per_layer",
+    "connections_before", "connections_after", "connections_removed_pct",
+    "acc_before", "acc_after", "verified", "solver_used", "states",
+)  # fmt: skip
+KEY = ("model", "config", "formulation", "solver")
+CSV_NAME, REPORT_NAME = "results.csv", "report.md"
+
+# One letter per neuron in the ``states`` column, layers separated by '|'.
+_CODE = {ACTIVE: "A", INACTIVE: "I", UNSTABLE: "U", UNDECIDED: "D"}
+_STATE_OF = {v: k for k, v in _CODE.items()}
+_VERIFY_SAMPLES = 2000
+
+Say = Callable[[str], None]
+
+
+def say_stderr(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+@dataclass(frozen=True)
+class RunKey:
+    model: str
+    config: str
+    formulation: str
+    solver: str
+
+    @classmethod
+    def of(cls, row: dict) -> RunKey:
+        return cls(*(row[k] for k in KEY))
+
+    @property
+    def label(self) -> str:
+        return f"{self.config}/{self.formulation}/{self.solver}"
+
+
+@dataclass
+class SweepOutcome:
+    rows: list[dict]
+    ran: int
+    interrupted: bool
+    problems: list[str]
+    csv_path: Path
+    report_path: Path
+
+
+# ---- states ----------------------------------------------------------------------
+
+
+def encode_states(states: Sequence[np.ndarray]) -> str:
+    return "|".join("".join(_CODE[s] for s in layer) for layer in states)
+
+
+def decode_states(text: str) -> list[np.ndarray]:
+    return [np.array([_STATE_OF[c] for c in layer], dtype=object) for layer in text.split("|")]
+
+
+def disagreements(rows: Iterable[dict]) -> list[str]:
+    """Pairs of runs of one model that classify some neuron differently.
+
+    Only decided neurons count: a proof and a witness cannot both be right, so any
+    difference between two runs is a bug, complete runs or not.
+    """
+    by_model: dict[str, list[dict]] = {}
+    for row in rows:
+        if row["status"] == "ok" and row.get("states"):
+            by_model.setdefault(row["model"], []).append(row)
+    found = []
+    for model, runs in by_model.items():
+        for a, b in itertools.combinations(runs, 2):
+            sa, sb = decode_states(a["states"]), decode_states(b["states"])
+            la, lb = RunKey.of(a).label, RunKey.of(b).label
+            if [len(s) for s in sa] != [len(s) for s in sb]:
+                found.append(f"{model}: {la} and {lb} report different layer widths")
+                continue
+            diffs = [
+                (layer, int(j), x[j], y[j])
+                for layer, (x, y) in enumerate(zip(sa, sb, strict=True))
+                for j in np.flatnonzero((x != y) & (x != UNDECIDED) & (y != UNDECIDED))
+            ]
+            if diffs:
+                layer, j, x, y = diffs[0]
+                found.append(
+                    f"{model}: {la} and {lb} disagree on {len(diffs)} neuron(s), e.g. layer "
+                    f"{layer + 1} neuron {j}: {x} vs {y}"
+                )
+    return found
+
+
+# ---- CSV -------------------------------------------------------------------------
+
+
+def read_rows(path: Path) -> list[dict]:
+    """The newest row of every key, in file order."""
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        if reader.fieldnames and tuple(reader.fieldnames) != FIELDS:
+            raise ExactCompressError(
+                f"{path} was written by another version of the benchmarks (its columns "
+                "differ); use another --out folder or move the file away"
+            )
+        newest = {RunKey.of(row): row for row in reader}
+    return list(newest.values())
+
+
+def append_row(path: Path, row: dict) -> None:
+    """One row, flushed to disk before the next run starts."""
+    new = not path.is_file() or path.stat().st_size == 0
+    with open(path, "a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=FIELDS)
+        if new:
+            writer.writeheader()
+        writer.writerow({k: row.get(k, "") for k in FIELDS})
+        f.flush()
+        os.fsync(f.fileno())
+
+
+# ---- one run ---------------------------------------------------------------------
+
+
+def run_one(lm: LoadedModel, key: RunKey, time_limit: float | None, say: Say | None) -> dict:
+    """Stability, pruning, accuracy and verification of one model in one configuration."""
+    row = _describe(lm, key, time_limit)
+    options = CONFIGS[key.config](
+        formulation=key.formulation, solver=key.solver, time_limit=time_limit
+    )
+    try:
+        require(key.solver)
+    except ExactCompressError as err:
+        row["status"] = f"skipped: {err}"
+        return row
+    try:
+        report = find_stable_neurons(
+            lm.net, Box.uniform(lm.net.widths[0]), lm.train_x, options, say
+        )
+    except Exception as err:  # a sweep records a failing run and goes on (Ctrl-C still stops it)
+        row["status"] = _failure(err)
+        return row
+    if report.interrupted:
+        raise KeyboardInterrupt  # Ctrl-C inside the pipeline: stop the sweep, record nothing
+    compressed, _ = prune(lm.net, report.states)
+    counts = report.counts()
+    before = sum(w.size for w in lm.net.weights)
+    after = sum(w.size for w in compressed.weights)
+    milp = report.extra.get("milp", {})
+    row.update(
+        status="ok",
+        seconds=_round(report.seconds.get("total")),
+        **{f"seconds_{s}": _round(report.seconds.get(s)) for s in STAGES},
+        **{k: counts[k] for k in STATES},
+        complete=report.complete,
+        milp_candidates=milp.get("candidates", 0),
+        milp_solves=milp.get("solves", 0),
+        stable_pct_per_layer=";".join(
+            f"{100 * np.isin(s, (ACTIVE, INACTIVE)).mean():.1f}" for s in report.states
+        ),
+        connections_before=before,
+        connections_after=after,
+        connections_removed_pct=f"{100 * (before - after) / before:.2f}",
+        solver_used=report.solver,
+        states=encode_states(report.states),
+    )
+    test_x = None
+    if lm.test is not None:
+        test_x, test_y = lm.test
+        row["acc_before"] = f"{accuracy(lm.net, test_x, test_y):.4f}"
+        row["acc_after"] = f"{accuracy(compressed, test_x, test_y):.4f}"
+    check = verify(
+        lm.net, compressed, Box.uniform(lm.net.widths[0]), data=test_x, n_samples=_VERIFY_SAMPLES
+    )
+    row["verified"] = "yes" if check.ok else f"NO (max rel diff {check.max_rel:.3g})"
+    return row
+
+
+def _describe(lm: LoadedModel, key: RunKey, time_limit: float | None) -> dict:
+    m = lm.model
+    l1 = m.l1 if m.l1 is not None else lm.meta.get("l1")
+    return {
+        **{k: getattr(key, k) for k in KEY},
+        "dataset": m.dataset or lm.meta.get("dataset", ""),
+        "arch": lm.arch,
+        "l1": "" if l1 is None else f"{float(l1):g}",
+        "data": lm.data_note,
+        "time_limit": "" if time_limit is None else f"{time_limit:g}",
+    }
+
+
+def _failure(err: Exception) -> str:
+    """'skipped: licence: ...' for a MILP too large for a size-limited licence (known only
+    once the cheap stages have run), 'error: ...' for anything else."""
+    msg = " ".join(str(err).split()) or type(err).__name__
+    if "licen" in msg.lower():
+        return f"skipped: licence: {msg}"
+    return f"error: {type(err).__name__}: {msg}"
+
+
+def _round(v: float | None) -> str:
+    return "" if v is None else f"{v:.3f}"
+
+
+# ---- the sweep -------------------------------------------------------------------
+
+
+class ProgressBar:
+    """A one-line text bar on stderr; messages print above it."""
+
+    def __init__(self, total: int, done: int, stream=sys.stderr) -> None:
+        self.total, self.done, self.stream = total, done, stream
+        self.start, self.started_at = done, time.monotonic()
+        self.label = ""
+        self.tty = stream.isatty()
+
+    def line(self) -> str:
+        width = 24
+        frac = self.done / self.total if self.total else 1.0
+        bar = "#" * round(width * frac) + "." * (width - round(width * frac))
+        elapsed = time.monotonic() - self.started_at
+        ran = self.done - self.start
+        eta = f", eta {_clock(elapsed / ran * (self.total - self.done))}" if ran else ""
+        return f"[{bar}] {self.done}/{self.total} runs, {_clock(elapsed)}{eta}  {self.label}"
+
+    def show(self, label: str | None = None) -> None:
+        """Redraw in place on a terminal; elsewhere (a log file) one line per new label."""
+        if self.tty:
+            self.label = self.label if label is None else label
+            self.stream.write("\r" + self.line()[:160].ljust(160))
+        elif label is not None and label != self.label:
+            self.label = label
+            self.stream.write(self.line() + "\n")
+        self.stream.flush()
+
+    def advance(self) -> None:
+        self.done += 1
+        self.show()
+
+    def say(self, msg: str) -> None:
+        if self.tty:
+            self.stream.write("\r" + " " * 160 + "\r")
+        self.stream.write(msg + "\n")
+        self.show()
+
+    def close(self) -> None:
+        self.label = "done"
+        self.stream.write(("\r" if self.tty else "") + self.line()[:160].ljust(160) + "\n")
+        self.stream.flush()
+
+
+def _clock(seconds: float) -> str:
+    m, s = divmod(int(seconds), 60)
+    return f"{m}m{s:02d}s" if m else f"{s}s"
+
+
+def sweep(
+    models: Sequence[BenchModel],
+    out: str | os.PathLike,
+    *,
+    configs: Sequence[str] = ("full", "paper"),
+    formulations: Sequence[str] = ("network", "neuron"),
+    solvers: Sequence[str] = ("highs", "gurobi"),
+    time_limit: float | None = 60.0,
+    cache_dir: str | os.PathLike = DEFAULT_CACHE,
+    data_dir: str | None = None,
+    plots: bool = True,
+    verbose: bool = False,
+    stream=sys.stderr,
+) -> SweepOutcome:
+    """Run every missing (model, config, formulation, solver), then write the report."""
+    for kind, names, known in (
+        ("config", configs, CONFIGS),
+        ("formulation", formulations, formulation_registry.FORMULATIONS),
+        ("solver", solvers, ADAPTERS),
+    ):
+        unknown = sorted(set(names) - set(known))
+        if unknown:
+            raise ExactCompressError(
+                f"unknown {kind} {unknown[0]!r}; choose from {', '.join(known)}"
+            )
+    models = list({m.name: m for m in models}.values())  # a model given twice runs once
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    csv_path = out / CSV_NAME
+    done = {RunKey.of(r) for r in read_rows(csv_path) if not r["status"].startswith("error")}
+    plan = [
+        (m, RunKey(m.name, c, f, s))
+        for m in models
+        for c, f, s in itertools.product(configs, formulations, solvers)
+    ]
+    todo = [(m, k) for m, k in plan if k not in done]
+    bar = ProgressBar(len(plan), len(plan) - len(todo), stream)
+    if len(todo) < len(plan):
+        bar.say(f"resuming: {len(plan) - len(todo)} of {len(plan)} runs already in {csv_path}")
+    ran, interrupted = 0, False
+    try:
+        for model, pairs in itertools.groupby(todo, key=lambda mk: mk[0]):
+            keys = [k for _, k in pairs]
+            bar.show(f"{model.name}: loading")
+            try:
+                lm = load(model, cache_dir, data_dir, bar.say)
+            except ExactCompressError as err:
+                for key in keys:
+                    append_row(csv_path, {**asdict(key), "status": f"error: {err}"})
+                    bar.advance()
+                bar.say(f"{model.name}: {err}")
+                continue
+            for key in keys:
+                bar.show(f"{model.name} {key.label}")
+                row = run_one(lm, key, time_limit, bar.say if verbose else None)
+                append_row(csv_path, row)
+                ran += 1
+                if row["status"] != "ok":
+                    bar.say(f"{model.name} {key.label}: {row['status']}")
+                bar.advance()
+    except KeyboardInterrupt:
+        interrupted = True
+        bar.say("interrupted: finished runs are saved; run the same command again to resume")
+    finally:
+        bar.close()
+    rows = read_rows(csv_path)
+    report_path, problems = write_report(rows, out, plots, time_limit)
+    return SweepOutcome(rows, ran, interrupted, problems, csv_path, report_path)
+
+
+# ---- the report ------------------------------------------------------------------
+
+
+def problems_of(rows: Sequence[dict]) -> list[str]:
+    """What must be read first: disagreements and failed equivalence checks."""
+    out = [f"DISAGREEMENT: {d}" for d in disagreements(rows)]
+    out += [
+        f"VERIFICATION FAILED: {r['model']} {RunKey.of(r).label}: {r['verified']}"
+        for r in rows
+        if r["status"] == "ok" and r.get("verified", "yes") != "yes"
+    ]
+    return out
+
+
+def write_report(
+    rows: Sequence[dict], out: Path, plots: bool, time_limit: float | None
+) -> tuple[Path, list[str]]:
+    """report.md (and the PNG plots) from every row of the CSV."""
+    problems = problems_of(rows)
+    lines = ["# exactcompress benchmarks", ""]
+    if problems:
+        lines += ["> **WARNING: exact methods disagree or a compressed network differs.**", ">"]
+        lines += [f"> - **{p}**" for p in problems] + [""]
+    else:
+        lines += [
+            "All runs of each model agree on every neuron they decided, and every "
+            "compressed network passed the equivalence check.",
+            "",
+        ]
+    ok = [r for r in rows if r["status"] == "ok"]
+    lines += [
+        f"- machine: {platform.platform()}, {os.cpu_count()} CPU cores, Python "
+        f"{platform.python_version()}",
+        f"- time limit per run: {'none' if time_limit is None else f'{time_limit:g} s'}; "
+        f"{len(ok)} runs ok, {len(rows) - len(ok)} skipped or failed",
+        "- configs: full = StabilityOptions() (CROWN bounds, sampling, gradient witness "
+        "search, MILP); paper = StabilityOptions.paper() (interval big-M, training data "
+        "only, MILP)",
+        "- times are the whole stability pipeline (all stages) in seconds; `*` marks "
+        "figures involving a run that hit the time limit (its time is a lower bound)",
+        "",
+    ]
+    lines += tables.all_tables(rows)
+    if plots and ok:
+        names = tables.plot_all(rows, out)
+        lines += ["## Plots", ""] + [f"![{n}]({n})" for n in names] + [""]
+    (out / REPORT_NAME).write_text("\n".join(lines))
+    return out / REPORT_NAME, problems

@@ -1,0 +1,421 @@
+"""The paper's tables and plots, computed from the rows of results.csv.
+
+Everything here reads CSV rows (dicts of strings), so a report can be rebuilt from
+the file alone, and rows from an older sweep mix with new ones. Time ratios pair
+runs that differ in one setting only (same model, the other settings equal); a
+ratio involving a run that hit the time limit is marked ``*``, since that run's
+time is only a lower bound of what completing it would take.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Sequence
+from pathlib import Path
+
+SETTINGS = ("config", "formulation", "solver")
+_ORDER = {"full": 0, "paper": 1, "network": 0, "neuron": 1, "highs": 0, "gurobi": 1}
+
+Row = dict
+
+
+def _f(row: Row, key: str) -> float | None:
+    try:
+        return float(row.get(key, ""))
+    except ValueError:
+        return None
+
+
+def _complete(row: Row) -> bool:
+    return str(row.get("complete")).lower() == "true"
+
+
+def _ok(rows: Sequence[Row]) -> list[Row]:
+    return [r for r in rows if r["status"] == "ok"]
+
+
+def _values(rows: Sequence[Row], key: str) -> list[str]:
+    return sorted({r[key] for r in rows}, key=lambda v: (_ORDER.get(v, 9), v))
+
+
+def _l1_key(row: Row) -> float:
+    v = _f(row, "l1")
+    return -1.0 if v is None else v
+
+
+def representative(runs: Sequence[Row]) -> Row:
+    """A complete run when there is one (they all agree), else the one that proved most."""
+    complete = [r for r in runs if _complete(r)]
+    if complete:
+        return complete[0]
+    return max(runs, key=lambda r: (_f(r, "stably_active") or 0) + (_f(r, "stably_inactive") or 0))
+
+
+def pair_ratios(runs: Sequence[Row], field: str, num: str, den: str) -> list[tuple[float, bool]]:
+    """seconds(num) / seconds(den) over runs equal in every setting but ``field``,
+    each with whether either side is incomplete."""
+    others = [s for s in SETTINGS if s != field]
+    base = {(r["model"], *(r[o] for o in others)): r for r in runs if r[field] == den}
+    out = []
+    for r in runs:
+        if r[field] != num:
+            continue
+        d = base.get((r["model"], *(r[o] for o in others)))
+        t_num, t_den = _f(r, "seconds"), _f(d, "seconds") if d else None
+        if t_num is not None and t_den:
+            out.append((t_num / t_den, not (_complete(r) and _complete(d))))
+    return out
+
+
+def _median_cell(pairs: Sequence[tuple[float, bool]]) -> str:
+    if not pairs:
+        return "–"
+    med = statistics.median(p for p, _ in pairs)
+    return f"{med:.2f}" + ("*" if any(flag for _, flag in pairs) else "")
+
+
+def _seconds_cell(runs: Sequence[Row]) -> str:
+    secs = [_f(r, "seconds") for r in runs if _f(r, "seconds") is not None]
+    if not secs:
+        return "–"
+    return f"{statistics.median(secs):.1f}" + ("" if all(map(_complete, runs)) else "*")
+
+
+def _pct(row: Row, key: str) -> str:
+    v = _f(row, key)
+    return "–" if v is None else f"{100 * v:.2f}"
+
+
+def _table(header: Sequence[str], body: Sequence[Sequence[str]], align: str = "") -> list[str]:
+    align = align or "l" * len(header)
+    rule = ["---:" if a == "r" else "---" for a in align]
+    return [
+        "| " + " | ".join(header) + " |",
+        "| " + " | ".join(rule) + " |",
+        *("| " + " | ".join(map(str, row)) + " |" for row in body),
+        "",
+    ]
+
+
+# ---- tables ----------------------------------------------------------------------
+
+
+def compression_table(rows: Sequence[Row]) -> list[str]:
+    """The paper's main table: per dataset, architecture and L1, what stability buys."""
+    groups: dict[tuple[str, str, str], list[Row]] = {}
+    for r in _ok(rows):
+        groups.setdefault((r["dataset"], r["arch"], r["l1"]), []).append(r)
+    body = []
+    for (dataset, arch, l1), runs in sorted(
+        groups.items(), key=lambda kv: (kv[0][0], kv[0][1], _l1_key(kv[1][0]))
+    ):
+        by_model: dict[str, list[Row]] = {}
+        for r in runs:
+            by_model.setdefault(r["model"], []).append(r)
+        reps = [representative(v) for v in by_model.values()]
+        mark = "" if all(map(_complete, reps)) else "≥ "
+        layers = [list(map(float, r["stable_pct_per_layer"].split(";"))) for r in reps]
+        stable = " / ".join(f"{statistics.mean(col):.0f}" for col in zip(*layers, strict=True))
+        removed = statistics.mean(_f(r, "connections_removed_pct") or 0.0 for r in reps)
+        net = [r for r in runs if r["formulation"] == "network"]
+        neuron = [r for r in runs if r["formulation"] == "neuron"]
+        body.append(
+            [
+                dataset or "?",
+                arch,
+                l1 or "?",
+                len(by_model),
+                _pct(reps[0], "acc_before"),
+                _pct(reps[0], "acc_after"),
+                mark + stable,
+                f"{mark}{removed:.1f}",
+                _seconds_cell(net),
+                _seconds_cell(neuron),
+                _median_cell(pair_ratios(runs, "formulation", "neuron", "network")),
+            ]
+        )
+    header = [
+        "dataset",
+        "arch",
+        "L1",
+        "models",
+        "accuracy %",
+        "accuracy after %",
+        "stable % per layer",
+        "connections removed %",
+        "network s",
+        "neuron s",
+        "neuron/network",
+    ]
+    return [
+        "## Compression by architecture and L1",
+        "",
+        "Stable neurons and removed connections come from a complete run (`≥`: no run "
+        "completed, so these are lower bounds); accuracy is on the test split of the "
+        "model's dataset, before and after pruning (– where that dataset is not on disk); "
+        "times are medians over configs and solvers, the ratio the median of paired runs.",
+        "",
+        *_table(header, body, "lllrrrlrrrr"),
+    ]
+
+
+def ratio_table(rows: Sequence[Row]) -> list[str]:
+    """Per model: neuron against network formulation, full pipeline against paper config."""
+    ok = _ok(rows)
+    configs, forms = _values(ok, "config"), _values(ok, "formulation")
+    columns: list[tuple[str, str, str, str, str]] = []  # header, field, num, den, fixed value
+    if {"network", "neuron"} <= set(forms):
+        columns += [
+            (f"neuron/network ({c})", "formulation", "neuron", "network", c) for c in configs
+        ]
+    if {"full", "paper"} <= set(configs):
+        columns += [(f"full/paper ({f})", "config", "full", "paper", f) for f in forms]
+    if not columns:
+        return []
+    body = []
+    for model in dict.fromkeys(r["model"] for r in ok):
+        runs = [r for r in ok if r["model"] == model]
+        cells = []
+        for _, field, num, den, fixed in columns:
+            fixed_field = "config" if field == "formulation" else "formulation"
+            subset = [r for r in runs if r[fixed_field] == fixed]
+            cells.append(_median_cell(pair_ratios(subset, field, num, den)))
+        body.append([model, *cells])
+    return [
+        "## Time ratios per model",
+        "",
+        "Seconds of one setting over the other, same run of the benchmarks, median over "
+        "solvers: above 1 means the first is slower. Where no candidate reaches the MILP "
+        "(MILP candidates 0 in the runs table), both formulations run the same stages and "
+        "their ratio is only timing noise.",
+        "",
+        *_table(["model", *(c[0] for c in columns)], body, "l" + "r" * len(columns)),
+    ]
+
+
+def solver_table(rows: Sequence[Row]) -> list[str]:
+    """Gurobi against HiGHS on the models whose MILPs fit the Gurobi licence."""
+    ok = _ok(rows)
+    skipped = sorted({r["model"] for r in rows if r["solver"] == "gurobi" and r["status"] != "ok"})
+    body = []
+    for model in dict.fromkeys(r["model"] for r in ok):
+        runs = [r for r in ok if r["model"] == model]
+        pairs = pair_ratios(runs, "solver", "gurobi", "highs")
+        if pairs:
+            paired = {(r["config"], r["formulation"]) for r in runs if r["solver"] == "gurobi"}
+            both = [r for r in runs if (r["config"], r["formulation"]) in paired]
+            highs = [r for r in both if r["solver"] == "highs"]
+            gurobi = [r for r in both if r["solver"] == "gurobi"]
+            body.append(
+                [
+                    model,
+                    len(pairs),
+                    _seconds_cell(highs),
+                    _seconds_cell(gurobi),
+                    _median_cell(pairs),
+                ]
+            )
+    if not body and not skipped:
+        return []
+    lines = ["## Gurobi against HiGHS", ""]
+    if body:
+        header = ["model", "paired runs", "HiGHS s", "Gurobi s", "Gurobi/HiGHS"]
+        lines += _table(header, body, "lrrrr")
+    if skipped:
+        why = {
+            r["model"]: r["status"] for r in rows if r["solver"] == "gurobi" and r["status"] != "ok"
+        }
+        lines += [f"Gurobi not run on {m} ({why[m]})." for m in skipped] + [""]
+    return lines
+
+
+def runs_table(rows: Sequence[Row]) -> list[str]:
+    """Every run, as measured."""
+    body = []
+    for r in rows:
+        if r["status"] != "ok":
+            short = ":".join(r["status"].split(":")[:2])  # the details are in the CSV
+            body.append([r["model"], r["config"], r["formulation"], r["solver"], short] + [""] * 10)
+            continue
+        stages = " / ".join(
+            f"{_f(r, f'seconds_{s}') or 0:.1f}" for s in ("bounds", "refute", "witness", "milp")
+        )
+        acc = f"{_pct(r, 'acc_before')} → {_pct(r, 'acc_after')}" if r.get("acc_before") else "–"
+        body.append(
+            [
+                r["model"],
+                r["config"],
+                r["formulation"],
+                r["solver"],
+                "complete" if _complete(r) else "incomplete",
+                f"{_f(r, 'seconds') or 0:.1f}",
+                stages,
+                r["stably_active"],
+                r["stably_inactive"],
+                r["unstable"],
+                r["undecided"],
+                r["milp_candidates"],
+                r["connections_removed_pct"],
+                acc,
+                r["verified"],
+            ]
+        )
+    header = [
+        "model",
+        "config",
+        "formulation",
+        "solver",
+        "result",
+        "s",
+        "s bounds/refute/witness/milp",
+        "active",
+        "inactive",
+        "unstable",
+        "undecided",
+        "MILP candidates",
+        "conn. removed %",
+        "accuracy %",
+        "verified",
+    ]
+    return ["## All runs", "", *_table(header, body, "lllllrlrrrrrrll")]
+
+
+def times_table(rows: Sequence[Row]) -> list[str]:
+    """Seconds of every configuration on every model: the time plot as numbers."""
+    labels = sorted(
+        {tuple(r[k] for k in SETTINGS) for r in rows},
+        key=lambda t: tuple(_ORDER.get(v, 9) for v in t),
+    )
+    index = {(r["model"], *(r[k] for k in SETTINGS)): r for r in rows}
+    body = []
+    for model in dict.fromkeys(r["model"] for r in rows):
+        cells = []
+        for label in labels:
+            r = index.get((model, *label))
+            if r is None or r["status"] != "ok":
+                cells.append("–" if r is None else r["status"].split(":")[0])
+            else:
+                cells.append(f"{_f(r, 'seconds') or 0:.1f}" + ("" if _complete(r) else "*"))
+        body.append([model, *cells])
+    header = ["model", *("/".join(label) for label in labels)]
+    return [
+        "## Seconds per configuration",
+        "",
+        "config/formulation/solver; `*`: hit the time limit with neurons left undecided.",
+        "",
+        *_table(header, body, "l" + "r" * len(labels)),
+    ]
+
+
+def models_table(rows: Sequence[Row]) -> list[str]:
+    """What each model is, and which data its runs used to refute stability."""
+    body, seen = [], set()
+    for r in rows:
+        if r["status"] == "ok" and r["model"] not in seen:
+            seen.add(r["model"])
+            body.append(
+                [
+                    r["model"],
+                    r["arch"],
+                    r["dataset"] or "?",
+                    r["l1"] or "?",
+                    r["data"],
+                    r["connections_before"],
+                ]
+            )
+    header = ["model", "hidden layers", "dataset", "L1", "refutation data", "connections"]
+    return [
+        "## Models",
+        "",
+        "Refutation data are the training inputs (the paper's preprocessing); a digits "
+        "stand-in of the same input size replaces a dataset that is not on disk (its points "
+        "are in the box, so its witnesses are as valid; there is then no accuracy).",
+        "",
+        *_table(header, body, "lllllr"),
+    ]
+
+
+def all_tables(rows: Sequence[Row]) -> list[str]:
+    return (
+        compression_table(rows)
+        + ratio_table(rows)
+        + solver_table(rows)
+        + times_table(rows)
+        + models_table(rows)
+        + runs_table(rows)
+    )
+
+
+# ---- plots -----------------------------------------------------------------------
+
+
+def plot_all(rows: Sequence[Row], out: Path) -> list[str]:
+    """Write the PNGs into ``out``; returns their file names."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    names = [plot_times(rows, out / "time_per_config.png")]
+    name = plot_compression(rows, out / "compression_vs_l1.png")
+    return names + ([name] if name else [])
+
+
+def plot_times(rows: Sequence[Row], path: Path) -> str:
+    """Grouped bars: seconds of each configuration on each model (hatched: incomplete)."""
+    import matplotlib.pyplot as plt
+
+    ok = _ok(rows)
+    models = list(dict.fromkeys(r["model"] for r in ok))
+    labels = sorted(
+        {(r["config"], r["formulation"], r["solver"]) for r in ok},
+        key=lambda t: tuple(_ORDER.get(v, 9) for v in t),
+    )
+    index = {(r["model"], r["config"], r["formulation"], r["solver"]): r for r in ok}
+    width = 0.8 / max(1, len(labels))
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(models) * max(1, len(labels)) / 4 + 3), 4.5))
+    for i, label in enumerate(labels):
+        xs, ys, hatches = [], [], []
+        for m, model in enumerate(models):
+            r = index.get((model, *label))
+            if r is not None and _f(r, "seconds") is not None:
+                xs.append(m + (i - (len(labels) - 1) / 2) * width)
+                ys.append(max(_f(r, "seconds"), 1e-3))
+                hatches.append("" if _complete(r) else "//")
+        bars = ax.bar(xs, ys, width, label="/".join(label))
+        for bar, hatch in zip(bars, hatches, strict=True):
+            bar.set_hatch(hatch)
+    ax.set_yscale("log")
+    ax.set_ylabel("seconds (hatched: hit the time limit)")
+    ax.set_xticks(range(len(models)), models, rotation=40, ha="right", fontsize=7)
+    ax.set_title("Stability time per configuration (config/formulation/solver)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path.name
+
+
+def plot_compression(rows: Sequence[Row], path: Path) -> str | None:
+    """Connections removed against L1, one line per dataset and architecture."""
+    import matplotlib.pyplot as plt
+
+    series: dict[str, dict[float, list[Row]]] = {}
+    for r in _ok(rows):
+        l1 = _f(r, "l1")
+        if l1 is not None:
+            key = f"{r['dataset']} {r['arch']}"
+            series.setdefault(key, {}).setdefault(l1, []).append(r)
+    if not series:
+        return None
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for key, points in sorted(series.items()):
+        xs = sorted(points)
+        ys = [_f(representative(points[x]), "connections_removed_pct") or 0.0 for x in xs]
+        ax.plot(xs, ys, marker="o", label=key)
+    ax.set_xlabel("L1 regularisation")
+    ax.set_ylabel("connections removed (%)")
+    ax.set_title("Exact compression against L1")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path.name

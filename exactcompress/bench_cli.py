@@ -1,0 +1,108 @@
+"""``exactcompress bench``: the benchmark sweep from the command line.
+
+The benchmarks package is imported only when the command runs, so the other
+subcommands start without loading it (and matplotlib with it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .errors import ExactCompressError
+
+_DEFAULT_TIME_LIMIT = {True: 30.0, False: 300.0}  # --quick or not
+
+
+def _names(text: str) -> list[str]:
+    names = [v.strip() for v in text.split(",") if v.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError("expected a comma-separated list")
+    return names
+
+
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not value > 0:  # the pipeline reads a limit of 0 as "no limit"
+        raise argparse.ArgumentTypeError(f"time limit must be positive, got {text}")
+    return value
+
+
+def add_bench_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "bench",
+        help="benchmark formulations x solvers x stage configs on a suite of networks",
+        description="Sweep the suite (trained on demand, cached) and the reference models; "
+        "results.csv grows run by run, so an interrupted sweep resumes where it stopped.",
+    )
+    p.add_argument("--quick", action="store_true", help="a few small networks (minutes)")
+    p.add_argument("--models", nargs="+", default=[], metavar="PATH", help="extra model files")
+    p.add_argument(
+        "--no-suite", action="store_true", help="only the --models files, no built-in networks"
+    )
+    p.add_argument("--formulations", type=_names, default=["network", "neuron"], metavar="LIST")
+    p.add_argument("--solvers", type=_names, default=["highs", "gurobi"], metavar="LIST")
+    p.add_argument(
+        "--configs",
+        type=_names,
+        default=["full", "paper"],
+        metavar="LIST",
+        help="full = StabilityOptions(), paper = StabilityOptions.paper()",
+    )
+    p.add_argument(
+        "--time-limit",
+        type=_seconds,
+        default=None,
+        metavar="S",
+        help="seconds per run (default 30 with --quick, 300 otherwise)",
+    )
+    p.add_argument(
+        "--out",
+        default=None,
+        metavar="DIR",
+        help="results folder (default bench-results/quick or bench-results/full)",
+    )
+    p.add_argument(
+        "--cache",
+        default="bench-results/models",
+        metavar="DIR",
+        help="trained suite networks are kept here",
+    )
+    p.add_argument("--data-dir", default=None, help="folder holding MNIST/CIFAR files")
+    p.add_argument("--no-plots", action="store_true")
+    p.add_argument("--verbose", action="store_true", help="show each run's stage log")
+    return p
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from benchmarks import runner, suite
+
+    models = (
+        []
+        if args.no_suite
+        else (suite.quick_suite() if args.quick else suite.paper_suite() + suite.reference_models())
+    )
+    models += suite.user_models(args.models)
+    if not models:
+        raise ExactCompressError("nothing to benchmark: --no-suite needs --models")
+    out = args.out or f"bench-results/{'quick' if args.quick else 'full'}"
+    limit = args.time_limit if args.time_limit is not None else _DEFAULT_TIME_LIMIT[args.quick]
+    result = runner.sweep(
+        models,
+        out,
+        configs=args.configs,
+        formulations=args.formulations,
+        solvers=args.solvers,
+        time_limit=limit,
+        cache_dir=args.cache,
+        data_dir=args.data_dir,
+        plots=not args.no_plots,
+        verbose=args.verbose,
+    )
+    for problem in result.problems:
+        print(f"exactcompress bench: {problem}", file=sys.stderr)
+    print(f"{result.ran} runs now, {len(result.rows)} in {result.csv_path}")
+    print(f"report: {result.report_path}")
+    if result.interrupted:
+        return 130
+    return 1 if result.problems else 0

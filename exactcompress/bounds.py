@@ -1,0 +1,294 @@
+"""Sound bounds on every hidden pre-activation over a box.
+
+Bounds prove neurons stable (a bound that does not cross 0) and give the MILP its
+big-M constants, so they must hold for the real-valued network: every bound is
+widened outwards by a bound on the float64 rounding error of the sums that made it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .domain import Box
+from .errors import ExactCompressError
+from .network import ReLUNetwork
+
+EPS64 = float(np.finfo(np.float64).eps)
+
+
+@dataclass
+class LayerBounds:
+    """lower[l] <= g_l(x) <= upper[l] for every x in the domain, hidden layers l = 0.."""
+
+    lower: list[np.ndarray]
+    upper: list[np.ndarray]
+
+    def intersect(self, other: LayerBounds) -> LayerBounds:
+        return LayerBounds(
+            [np.maximum(a, b) for a, b in zip(self.lower, other.lower, strict=True)],
+            [np.minimum(a, b) for a, b in zip(self.upper, other.upper, strict=True)],
+        )
+
+
+def pick_device(device: str | torch.device | None = None) -> torch.device:
+    """CUDA when present unless told otherwise."""
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def rounding_margin(w_abs: torch.Tensor, mag: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """Outward margin covering float64 rounding in sum_j w_j x_j + b with |x_j| <= mag_j.
+
+    A dot product of n terms accumulates at most about n*eps relative error of the sum
+    of absolute values (Higham, ch. 3); we double it and add a floor for denormals.
+    """
+    n = w_abs.shape[-1]
+    return 2.0 * (n + 2) * EPS64 * (mag @ w_abs.T + bias.abs()) + 1e-300
+
+
+def interval_bounds(
+    net: ReLUNetwork, box: Box, device: str | torch.device | None = None
+) -> LayerBounds:
+    """Interval arithmetic, layer by layer, in float64 on ``device``."""
+    dev = pick_device(device)
+    lo = torch.from_numpy(box.lo).to(dev)
+    hi = torch.from_numpy(box.hi).to(dev)
+    lowers, uppers = [], []
+    for w, b in net.tensors(dev)[:-1]:
+        mid, rad = (hi + lo) / 2, (hi - lo) / 2
+        w_abs = w.abs()
+        center = mid @ w.T + b
+        spread = rad @ w_abs.T
+        margin = rounding_margin(w_abs, mid.abs() + rad, b)
+        g_lo, g_hi = center - spread - margin, center + spread + margin
+        lowers.append(g_lo.cpu().numpy())
+        uppers.append(g_hi.cpu().numpy())
+        lo, hi = g_lo.clamp_min(0.0), g_hi.clamp_min(0.0)
+    return LayerBounds(lowers, uppers)
+
+
+# ---- CROWN -----------------------------------------------------------------------
+#
+# Soundness under floating point. For a block of target rows (the neurons of layer l
+# and their negations, so that one "upper bound" routine gives both sides) we keep
+# the invariant, true in real arithmetic for every x in the box,
+#
+#     target(x) <= coef . h_k(x) + const + err
+#
+# where coef, const and err are the float64 numbers actually stored. Relaxing the
+# ReLUs of layer k and substituting g_k = W_k h_{k-1} + b_k gives new stored
+# numbers coef', const'; the real inequality then holds with the *exact* products
+# and sums, and these differ from the stored ones by at most gamma_n times the sum
+# of absolute values of the terms (Higham, ch. 3, any summation order, FMA or not),
+# n = inner dimension. With |h_{k-1}| <= hmag (a sound bound) that difference,
+# applied to h_{k-1}, is below gamma_{n+2} * mass with
+#
+#     mass = |d| @ (|W_k| @ hmag + |b_k|) + |const| + coef+ @ shift,
+#
+# d being the relaxed coefficient on g_k. We add 2 (n + 4) eps * mass to err, about
+# four times gamma_{n+2}, so that the rounding of the margins themselves is covered
+# too. The final concretisation sum_i max(coef_i lo_i, coef_i hi_i) + const gets
+# the same treatment. Relaxation lines are made valid for the stored slopes (see
+# _relaxations), and the lower lines a*g with a in [0, 1] are exact.
+
+ROW_CHUNK = 4096
+
+
+@dataclass
+class _Relaxation:
+    """Linear bounds of relu(g_k): low_slope g <= relu(g) <= up_slope g + up_shift.
+
+    ``mass`` bounds |W_k| |h_{k-1}| + |b_k| over the box: the scale of the rounding
+    errors made when g_k is substituted by W_k h_{k-1} + b_k.
+    """
+
+    up_slope: torch.Tensor
+    up_shift: torch.Tensor
+    low_slope: torch.Tensor
+    unstable: torch.Tensor
+    mass: torch.Tensor
+
+
+def _relaxation(lower: torch.Tensor, upper: torch.Tensor, mass: torch.Tensor) -> _Relaxation:
+    """Triangle relaxation; the CROWN heuristic picks the lower slope (1 if U > -L).
+
+    The upper line passes through (L, 0) and (U, U) only in exact arithmetic, so its
+    shift is recomputed from the stored slope as max(-s L, U (1 - s)), the smallest
+    shift valid at both ends, and inflated by 8 eps to cover the rounding of that
+    formula; a line above relu at both ends of [L, U] is above it on all of it.
+    """
+    active, inactive = lower >= 0, upper <= 0
+    unstable = ~active & ~inactive
+    safe_width = torch.where(unstable, upper - lower, torch.ones_like(upper))
+    slope = torch.where(unstable, upper / safe_width, active.to(upper.dtype))
+    shift = torch.maximum(-slope * lower, upper * (1 - slope)) * (1 + 8 * EPS64)
+    shift = torch.where(unstable, shift, torch.zeros_like(shift))
+    low = torch.where(unstable, (upper > -lower).to(upper.dtype), active.to(upper.dtype))
+    return _Relaxation(slope, shift, low, unstable, mass)
+
+
+class _BackSubstitution:
+    """Bounds of all hidden layers on one device, tightened layer by layer."""
+
+    def __init__(self, net: ReLUNetwork, box: Box, dev: torch.device, start: LayerBounds):
+        self.params = net.tensors(dev)
+        self.lo, self.hi = (torch.from_numpy(v).to(dev) for v in (box.lo, box.hi))
+        self.lower = [torch.from_numpy(v).to(dev) for v in start.lower]
+        self.upper = [torch.from_numpy(v).to(dev) for v in start.upper]
+        self.relax: list[_Relaxation] = []
+
+    def relaxations(self, layer: int) -> list[_Relaxation]:
+        """Relaxations of the layers below ``layer``, whose bounds are final by now."""
+        while len(self.relax) < layer:
+            k = len(self.relax)
+            w, b = self.params[k]
+            h_mag = self.box_mag() if k == 0 else self.upper[k - 1].clamp_min(0)
+            mass = h_mag @ w.abs().T + b.abs()
+            self.relax.append(_relaxation(self.lower[k], self.upper[k], mass))
+        return self.relax[:layer]
+
+    def box_mag(self) -> torch.Tensor:
+        return torch.maximum(self.lo.abs(), self.hi.abs())
+
+    def target_rows(self, layer: int) -> torch.Tensor:
+        """[W_l b_l; -W_l -b_l]: upper bounds of these rows are upper and -lower bounds of g_l."""
+        w, b = self.params[layer]
+        rows = torch.cat([w, b[:, None]], dim=1)
+        return torch.cat([rows, -rows])
+
+    def upper_rows(
+        self, rows: torch.Tensor, relax: list[_Relaxation], alphas: list[torch.Tensor] | None = None
+    ) -> torch.Tensor:
+        """Sound upper bound over the box of rows[:, :-1] . h_{l-1} + rows[:, -1].
+
+        ``relax`` covers layers 0..l-1; ``alphas[k]``, when given, are (m, n_k) lower
+        slopes in [0, 1] used for the unstable neurons of layer k.
+        """
+        coef, const = rows[:, :-1], rows[:, -1]
+        err = torch.zeros_like(const)
+        for k in range(len(relax) - 1, -1, -1):
+            w, b = self.params[k]
+            r = relax[k]
+            low = r.low_slope if alphas is None else torch.where(r.unstable, alphas[k], r.low_slope)
+            pos = coef.clamp_min(0)
+            d = pos * r.up_slope + coef.clamp_max(0) * low
+            lifted = pos @ r.up_shift
+            mass = d.abs() @ r.mass + const.abs() + lifted
+            err = err + 2 * (w.shape[0] + 4) * EPS64 * mass + 1e-300
+            const = const + lifted + d @ b
+            coef = d @ w
+        value = coef.clamp_min(0) @ self.hi + coef.clamp_max(0) @ self.lo + const
+        mass = coef.abs() @ self.box_mag() + const.abs()
+        return value + err + 2 * (coef.shape[1] + 4) * EPS64 * mass + 1e-300
+
+    def tighten(self, layer: int, upper_rows: torch.Tensor) -> None:
+        """Intersect layer's bounds with those read from ``target_rows``'s upper bounds."""
+        n = upper_rows.shape[0] // 2
+        self.lower[layer] = torch.maximum(self.lower[layer], -upper_rows[n:])
+        self.upper[layer] = torch.minimum(self.upper[layer], upper_rows[:n])
+
+    def result(self) -> LayerBounds:
+        return LayerBounds(
+            [v.cpu().numpy() for v in self.lower], [v.cpu().numpy() for v in self.upper]
+        )
+
+
+def crown_bounds(
+    net: ReLUNetwork, box: Box, device: str | torch.device | None = None
+) -> LayerBounds:
+    """CROWN back-substitution (Zhang et al. 2018), layer by layer, never looser than interval.
+
+    Layer l is bounded through the ReLUs of layers < l relaxed with the bounds already
+    found for them; the first hidden layer is exact under interval arithmetic.
+    """
+    dev = pick_device(device)
+    state = _BackSubstitution(net, box, dev, interval_bounds(net, box, dev))
+    with torch.no_grad():
+        for layer in range(1, net.n_hidden):
+            relax = state.relaxations(layer)
+            rows = state.target_rows(layer).split(ROW_CHUNK)
+            state.tighten(layer, torch.cat([state.upper_rows(c, relax) for c in rows]))
+    return state.result()
+
+
+# ---- alpha-CROWN -------------------------------------------------------------------
+
+
+def alpha_crown_bounds(
+    net: ReLUNetwork,
+    box: Box,
+    steps: int = 20,
+    lr: float = 0.1,
+    device: str | torch.device | None = None,
+) -> LayerBounds:
+    """alpha-CROWN (Xu et al. 2021): optimise the lower ReLU slopes by projected Adam.
+
+    Every target row (each neuron of layer l, for each side) has its own slope for
+    every unstable neuron of every layer < l, started at the CROWN choice; rows do not
+    interact, so chunks of rows are optimised separately. Any slope in [0, 1] gives a
+    sound bound and every bound evaluated along the way carries the rounding margin,
+    so the best one seen per row is kept; the result is intersected with CROWN's.
+    """
+    dev = pick_device(device)
+    state = _BackSubstitution(net, box, dev, crown_bounds(net, box, dev))
+    for layer in range(1, net.n_hidden):
+        relax = state.relaxations(layer)
+        rows = state.target_rows(layer).split(ROW_CHUNK)
+        state.tighten(layer, torch.cat([_optimise(state, c, relax, steps, lr) for c in rows]))
+    return state.result()
+
+
+def _optimise(
+    state: _BackSubstitution,
+    rows: torch.Tensor,
+    relax: list[_Relaxation],
+    steps: int,
+    lr: float,
+) -> torch.Tensor:
+    """Best sound upper bound of ``rows`` over ``steps`` projected Adam steps on the slopes."""
+    alphas = [r.low_slope.expand(rows.shape[0], -1).clone().requires_grad_() for r in relax]
+    opt = torch.optim.Adam(alphas, lr=lr)
+    best = torch.full_like(rows[:, -1], torch.inf)
+    for _ in range(steps):
+        bound = state.upper_rows(rows, relax, alphas)
+        best = torch.minimum(best, bound.detach())
+        opt.zero_grad()
+        bound.sum().backward()
+        opt.step()
+        with torch.no_grad():
+            for a in alphas:
+                a.clamp_(0.0, 1.0)
+    with torch.no_grad():
+        return torch.minimum(best, state.upper_rows(rows, relax, alphas))
+
+
+# ---- entry points ------------------------------------------------------------------
+
+METHODS: dict[str, Callable[..., LayerBounds]] = {
+    "interval": interval_bounds,
+    "crown": crown_bounds,
+    "alpha-crown": alpha_crown_bounds,
+}
+
+
+def compute_bounds(
+    net: ReLUNetwork, box: Box, method: str = "crown", device: str | torch.device | None = None
+) -> LayerBounds:
+    """Bounds by name, as the command line's --bounds option gives it."""
+    try:
+        fn = METHODS[method]
+    except KeyError:
+        raise ExactCompressError(
+            f"unknown bounds method {method!r}; choose one of {', '.join(METHODS)}"
+        ) from None
+    return fn(net, box, device=device)
+
+
+def decide_from_bounds(bounds: LayerBounds) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Per hidden layer: (proved_active = lower >= 0, proved_inactive = upper <= 0)."""
+    return [lo >= 0 for lo in bounds.lower], [up <= 0 for up in bounds.upper]

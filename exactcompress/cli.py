@@ -1,0 +1,314 @@
+"""The ``exactcompress`` command: demo, train, stability, prune, compress, evaluate."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+from .domain import Box
+from .errors import ExactCompressError
+from .stability import StabilityOptions
+
+
+def say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def add_stability_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="model file: .pt/.tar checkpoint, state dict or weights.dat")
+    p.add_argument(
+        "--domain", default=None, help="LO:HI for every input, or a .npy/.txt (2, n) file"
+    )
+    p.add_argument(
+        "--formulation", default="network", help="network (ISA) | neuron (LEO) | registered"
+    )
+    p.add_argument("--solver", default="auto", help="auto | highs | gurobi | any Pyomo solver name")
+    p.add_argument("--time-limit", type=float, default=None, metavar="S", help="total seconds")
+    p.add_argument("--data", default=None, help="dataset name (its training split) or a .npy file")
+    p.add_argument("--data-dir", default=None, help="folder holding MNIST/CIFAR files")
+    p.add_argument("--bounds", default="crown", help="interval | crown | alpha-crown")
+    p.add_argument(
+        "--witness-search",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="gradient search for witnesses before the MILP",
+    )
+    p.add_argument("--samples", type=int, default=10_000, help="random points and corners to try")
+    p.add_argument(
+        "--paper",
+        action="store_true",
+        help="the NeurIPS 2021 configuration: interval bounds, data only, network formulation",
+    )
+    p.add_argument("--device", default=None, help="torch device for bounds and witness search")
+    p.add_argument("--threads", type=int, default=None, help="solver threads")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--verbose", action="store_true", help="show the solver's log")
+
+
+def options_from(args: argparse.Namespace) -> StabilityOptions:
+    opts = StabilityOptions(
+        formulation=args.formulation,
+        solver=args.solver,
+        bounds=args.bounds,
+        witness_search=args.witness_search,
+        samples=args.samples,
+        time_limit=args.time_limit,
+        seed=args.seed,
+        device=args.device,
+        threads=args.threads,
+        verbose=args.verbose,
+    )
+    if args.paper:
+        opts.bounds, opts.witness_search, opts.samples = "interval", False, 0
+    return opts
+
+
+def load_data(spec: str | None, data_dir: str | None, n_inputs: int) -> np.ndarray | None:
+    if spec is None:
+        return None
+    if spec.endswith(".npy"):
+        try:
+            x = np.load(spec)
+        except (OSError, ValueError) as err:
+            raise ExactCompressError(f"cannot read data file {spec}: {err}") from None
+    else:
+        from .data import load_dataset
+
+        x, _ = load_dataset(spec, "train", data_dir)
+    x = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
+    if x.shape[1] != n_inputs:
+        raise ExactCompressError(
+            f"data {spec} has {x.shape[1]} features but the network takes {n_inputs} inputs"
+        )
+    return x
+
+
+def cmd_stability(args: argparse.Namespace) -> int:
+    from .io import load_network
+    from .stability import find_stable_neurons
+
+    net = load_network(args.model)
+    box = Box.parse(args.domain, net.widths[0])
+    box.check_dim(net.widths[0])
+    data = load_data(args.data, args.data_dir, net.widths[0])
+    report = find_stable_neurons(net, box, data, options_from(args), say)
+    print_counts(report)
+    if args.json:
+        report.save(args.json)
+        say(f"wrote {args.json}")
+    return 0 if not report.interrupted else 130
+
+
+def print_counts(report) -> None:
+    for layer, states in enumerate(report.states):
+        c = {
+            k: int((states == k).sum())
+            for k in ("stably_active", "stably_inactive", "unstable", "undecided")
+        }
+        print(
+            f"layer {layer + 1}: {len(states)} neurons, {c['stably_active']} stably active, "
+            f"{c['stably_inactive']} stably inactive, {c['unstable']} unstable, "
+            f"{c['undecided']} undecided"
+        )
+    print(f"complete: {str(report.complete).lower()}, {report.seconds.get('total', 0):.2f} s")
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    from .io import load_model_file, save_model
+    from .prune import compress
+    from .report import StabilityReport
+
+    net, _ = load_model_file(args.model)
+    report = StabilityReport.load(args.stability)
+    if report.widths != net.widths:
+        raise ExactCompressError(
+            f"{args.stability} is for widths {report.widths}, the model has {net.widths}"
+        )
+    compressed, summary = compress(net, report.states)
+    save_model(args.output, compressed, {"source": str(args.model), "stability": report.counts()})
+    print(summary.to_markdown())
+    say(f"wrote {args.output}")
+    return 0
+
+
+def cmd_compress(args: argparse.Namespace) -> int:
+    from .api import compress
+    from .io import load_network
+
+    net = load_network(args.model)
+    box = Box.parse(args.domain, net.widths[0])
+    box.check_dim(net.widths[0])
+    data = load_data(args.data, args.data_dir, net.widths[0])
+    result = compress(net, box, data, options_from(args), say)
+    result.save(args.output, str(args.model))
+    print_counts(result.report)
+    print(result.summary.to_markdown())
+    print(result.verification.summary())
+    say(f"wrote {args.output}/stability.json, compressed.pt, report.md")
+    if not result.verification.ok:
+        raise ExactCompressError(
+            "verification failed: the compressed network differs; please report"
+        )
+    return 0 if not result.report.interrupted else 130
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .io import save_model
+    from .train import train
+
+    arch = parse_arch(args.arch)
+
+    def show(epoch: int, loss: float) -> None:
+        say(f"epoch {epoch:3d}/{args.epochs}  loss {loss:.4f}")
+
+    net, meta = train(
+        args.dataset,
+        arch,
+        l1=args.l1,
+        epochs=args.epochs,
+        lr=args.lr,
+        seed=args.seed,
+        data_dir=args.data_dir,
+        progress=show,
+    )
+    save_model(args.output, net, meta)
+    print(f"test accuracy {100 * meta['test_accuracy']:.2f}%  -> {args.output}")
+    return 0
+
+
+def parse_arch(spec: str) -> list[int]:
+    try:
+        arch = [int(v) for v in spec.replace("x", "-").split("-") if v]
+    except ValueError:
+        raise ExactCompressError(f"--arch {spec!r} is not widths like 100-100") from None
+    if not arch or min(arch) < 1:
+        raise ExactCompressError(f"--arch {spec!r} needs at least one positive width")
+    return arch
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .data import load_dataset
+    from .io import load_model_file
+    from .train import accuracy
+
+    net, meta = load_model_file(args.model)
+    dataset = args.dataset or meta.get("dataset")
+    if not dataset:
+        raise ExactCompressError("the model records no dataset: pass --dataset")
+    x, y = load_dataset(dataset, "test", args.data_dir)
+    if x.shape[1] != net.widths[0]:
+        raise ExactCompressError(
+            f"{dataset} has {x.shape[1]} features, the model takes {net.widths[0]}"
+        )
+    print(
+        f"{dataset} test accuracy {100 * accuracy(net, x, y):.2f}% "
+        f"({net.n_parameters} parameters, widths {net.widths})"
+    )
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .api import compress
+    from .data import load_dataset
+    from .io import save_model
+    from .train import accuracy, train
+
+    t0 = time.monotonic()
+    outdir = args.output or tempfile.mkdtemp(prefix="exactcompress-demo-")
+    say("1/3 training a 64-32-32-10 network on scikit-learn's digits with L1 = 2e-3 ...")
+    net, meta = train("digits", [32, 32], l1=2e-3, epochs=40, seed=args.seed)
+    os.makedirs(outdir, exist_ok=True)
+    save_model(os.path.join(outdir, "model.pt"), net, meta)
+    say(f"    test accuracy {100 * meta['test_accuracy']:.2f}%")
+    say("2/3 finding stable neurons over [0, 1]^64 and compressing ...")
+    x_train, _ = load_dataset("digits", "train")
+    result = compress(net, Box.uniform(64), x_train.astype(np.float64), StabilityOptions(), say)
+    result.save(outdir, "model.pt")
+    say("3/3 results")
+    x_test, y_test = load_dataset("digits", "test")
+    print_counts(result.report)
+    print(result.summary.to_markdown())
+    print(result.verification.summary())
+    print(
+        f"accuracy before {100 * accuracy(net, x_test, y_test):.2f}%, "
+        f"after {100 * accuracy(result.compressed, x_test, y_test):.2f}%"
+    )
+    print(f"outputs in {outdir}  ({time.monotonic() - t0:.1f} s)")
+    return 0 if result.verification.ok else 1
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "demo": cmd_demo,
+    "train": cmd_train,
+    "stability": cmd_stability,
+    "prune": cmd_prune,
+    "compress": cmd_compress,
+    "evaluate": cmd_evaluate,
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="exactcompress", description="Exact compression of ReLU networks by neuron stability."
+    )
+    parser.add_argument("--traceback", action="store_true", help="show tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("demo", help="train a small L1 net on digits, compress it, verify")
+    p.add_argument(
+        "-o", "--output", default=None, help="folder for the outputs (default: a temp dir)"
+    )
+    p.add_argument("--seed", type=int, default=0)
+
+    p = sub.add_parser("train", help="train a fully connected ReLU classifier with L1")
+    p.add_argument("--dataset", default="digits")
+    p.add_argument("--arch", default="100-100", help="hidden widths, e.g. 100-100")
+    p.add_argument("--l1", type=float, default=0.0)
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--lr", type=float, default=0.01)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("-o", "--output", required=True)
+
+    p = sub.add_parser("stability", help="classify every hidden neuron over the domain")
+    add_stability_options(p)
+    p.add_argument("--json", default=None, help="write stability.json here")
+
+    p = sub.add_parser("prune", help="compress a model with a stability.json")
+    p.add_argument("model")
+    p.add_argument("stability")
+    p.add_argument("-o", "--output", required=True)
+
+    p = sub.add_parser("compress", help="stability + prune + verify into OUTDIR")
+    add_stability_options(p)
+    p.add_argument("-o", "--output", required=True, help="output folder")
+
+    p = sub.add_parser("evaluate", help="test accuracy of a model")
+    p.add_argument("model")
+    p.add_argument("--dataset", default=None)
+    p.add_argument("--data-dir", default=None)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except ExactCompressError as err:
+        if args.traceback:
+            raise
+        print(f"exactcompress: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("exactcompress: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

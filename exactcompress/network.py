@@ -1,0 +1,107 @@
+"""ReLUNetwork: the float64 layer list every stage works on.
+
+Stability is a property of the real-valued function, so everything downstream
+(bounds, witnesses, MILP, pruning) sees one float64 copy of the weights and never
+the torch module, whose float32 arithmetic would blur the sign of small
+pre-activations.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import ExactCompressError
+
+
+@dataclass
+class ReLUNetwork:
+    """Fully connected network: h_l = relu(W_l h_{l-1} + b_l), last layer affine.
+
+    ``weights[l]`` has shape (n_{l+1}, n_l); hidden layers are 1..L-1 in the paper's
+    numbering, i.e. ``weights[0..L-2]`` feed ReLUs and ``weights[-1]`` is the output.
+    """
+
+    weights: list[np.ndarray]
+    biases: list[np.ndarray]
+
+    def __post_init__(self) -> None:
+        if not self.weights:
+            raise ExactCompressError("network has no Linear layer")
+        if len(self.weights) != len(self.biases):
+            raise ExactCompressError("network has a different number of weights and biases")
+        self.weights = [np.ascontiguousarray(w, dtype=np.float64) for w in self.weights]
+        self.biases = [np.ascontiguousarray(b, dtype=np.float64).reshape(-1) for b in self.biases]
+        for i, (w, b) in enumerate(zip(self.weights, self.biases)):
+            if w.ndim != 2:
+                raise ExactCompressError(f"layer {i}: weight must be a matrix, got shape {w.shape}")
+            if b.shape[0] != w.shape[0]:
+                raise ExactCompressError(
+                    f"layer {i}: bias has {b.shape[0]} entries for {w.shape[0]} neurons"
+                )
+            if i and w.shape[1] != self.weights[i - 1].shape[0]:
+                raise ExactCompressError(
+                    f"layer {i}: expects {w.shape[1]} inputs but the layer before has "
+                    f"{self.weights[i - 1].shape[0]} outputs"
+                )
+            if not (np.isfinite(w).all() and np.isfinite(b).all()):
+                raise ExactCompressError(f"layer {i}: weights or biases contain NaN or infinity")
+
+    @property
+    def widths(self) -> list[int]:
+        """[inputs, hidden..., outputs], as in stability.json."""
+        return [self.weights[0].shape[1]] + [w.shape[0] for w in self.weights]
+
+    @property
+    def hidden_widths(self) -> list[int]:
+        return [w.shape[0] for w in self.weights[:-1]]
+
+    @property
+    def n_hidden(self) -> int:
+        return len(self.weights) - 1
+
+    @property
+    def n_parameters(self) -> int:
+        return int(sum(w.size + b.size for w, b in zip(self.weights, self.biases)))
+
+    def preactivations(self, x: np.ndarray) -> list[np.ndarray]:
+        """Pre-activations g_l of every hidden layer for a batch x of shape (m, n0)."""
+        h = np.atleast_2d(np.asarray(x, dtype=np.float64))
+        out = []
+        for w, b in zip(self.weights[:-1], self.biases[:-1]):
+            g = h @ w.T + b
+            out.append(g)
+            h = np.maximum(g, 0.0)
+        return out
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        """Output of the network for a batch x of shape (m, n0), in float64."""
+        h = np.atleast_2d(np.asarray(x, dtype=np.float64))
+        for w, b in zip(self.weights[:-1], self.biases[:-1]):
+            h = np.maximum(h @ w.T + b, 0.0)
+        return h @ self.weights[-1].T + self.biases[-1]
+
+    def to_torch(self, dtype: torch.dtype = torch.float32) -> nn.Sequential:
+        """nn.Sequential(Linear, ReLU, ..., Linear) with these weights."""
+        layers: list[nn.Module] = []
+        for i, (w, b) in enumerate(zip(self.weights, self.biases)):
+            lin = nn.Linear(w.shape[1], w.shape[0]).to(dtype)
+            with torch.no_grad():
+                lin.weight.copy_(torch.from_numpy(w))
+                lin.bias.copy_(torch.from_numpy(b))
+            layers.append(lin)
+            if i < len(self.weights) - 1:
+                layers.append(nn.ReLU())
+        return nn.Sequential(*layers)
+
+    def tensors(
+        self, device: torch.device | str = "cpu"
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(W, b) pairs as float64 tensors on ``device``, for the torch stages."""
+        return [
+            (torch.from_numpy(w).to(device), torch.from_numpy(b).to(device))
+            for w, b in zip(self.weights, self.biases)
+        ]

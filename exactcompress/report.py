@@ -1,0 +1,252 @@
+"""Evidence about every hidden neuron, and the stability.json contract built from it.
+
+A neuron is *unstable* only when two float64 forward passes of inputs in the domain
+put it strictly on both sides of 0 (the inputs are kept as witnesses), and *stable*
+only when some stage proved it; everything else is *undecided*.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .domain import Box
+from .errors import ExactCompressError
+from .network import ReLUNetwork
+
+ACTIVE, INACTIVE, UNSTABLE, UNDECIDED = "stably_active", "stably_inactive", "unstable", "undecided"
+STATES = (ACTIVE, INACTIVE, UNSTABLE, UNDECIDED)
+FORMAT = "exactcompress.stability/1"
+
+
+@dataclass
+class NeuronEvidence:
+    """Mutable record of what the pipeline has seen and proved, layer by layer.
+
+    ``seen_pos``/``seen_neg``: a witness put the neuron strictly above/below 0.
+    ``proved_active``/``proved_inactive``: a bound or a solver proved g >= 0 / g <= 0.
+    ``decider``: name of the stage that settled the neuron ('' while open).
+    """
+
+    net: ReLUNetwork
+    box: Box
+    seen_pos: list[np.ndarray] = field(init=False)
+    seen_neg: list[np.ndarray] = field(init=False)
+    proved_active: list[np.ndarray] = field(init=False)
+    proved_inactive: list[np.ndarray] = field(init=False)
+    decider: list[np.ndarray] = field(init=False)
+    witness_pos: list[dict[int, np.ndarray]] = field(init=False)
+    witness_neg: list[dict[int, np.ndarray]] = field(init=False)
+    given_up: list[np.ndarray] = field(init=False)
+    notes: dict[tuple[int, int], str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        widths = self.net.hidden_widths
+        self.seen_pos = [np.zeros(n, bool) for n in widths]
+        self.seen_neg = [np.zeros(n, bool) for n in widths]
+        self.proved_active = [np.zeros(n, bool) for n in widths]
+        self.proved_inactive = [np.zeros(n, bool) for n in widths]
+        self.given_up = [np.zeros(n, bool) for n in widths]
+        self.decider = [np.full(n, "", dtype=object) for n in widths]
+        self.witness_pos = [{} for _ in widths]
+        self.witness_neg = [{} for _ in widths]
+
+    # ---- evidence --------------------------------------------------------------
+    def observe(self, x: np.ndarray, stage: str) -> int:
+        """Forward-pass inputs (clipped into the domain); returns how many became unstable."""
+        x = self.box.clip(np.atleast_2d(np.asarray(x, dtype=np.float64)))
+        if x.shape[0] == 0:
+            return 0
+        newly = 0
+        for layer, g in enumerate(self.net.preactivations(x)):
+            before = self.unstable(layer)
+            for seen, wit, mask in (
+                (self.seen_pos[layer], self.witness_pos[layer], g > 0),
+                (self.seen_neg[layer], self.witness_neg[layer], g < 0),
+            ):
+                hit = mask.any(axis=0) & ~seen
+                for j in np.flatnonzero(hit):
+                    wit[int(j)] = x[int(np.argmax(mask[:, j]))].copy()
+                seen |= hit
+            became = self.unstable(layer) & ~before
+            self._check_consistent(layer)
+            self.decider[layer][became] = stage
+            newly += int(became.sum())
+        return newly
+
+    def prove(self, layer: int, neurons: np.ndarray, active: bool, stage: str) -> None:
+        """Record a proof that g >= 0 (active) or g <= 0 (inactive) over the domain."""
+        neurons = np.asarray(neurons, dtype=int)
+        if neurons.size == 0:
+            return
+        target = self.proved_active[layer] if active else self.proved_inactive[layer]
+        fresh = neurons[~self.settled(layer)[neurons]]
+        target[neurons] = True
+        self.decider[layer][fresh] = stage
+        self._check_consistent(layer)
+
+    def give_up(self, layer: int, neurons: np.ndarray, why: str) -> None:
+        """Stop trying to decide these neurons (they stay undecided)."""
+        for j in np.asarray(neurons, dtype=int):
+            self.given_up[layer][j] = True
+            self.notes.setdefault((layer, int(j)), why)
+
+    def _check_consistent(self, layer: int) -> None:
+        bad = (self.proved_inactive[layer] & self.seen_pos[layer]) | (
+            self.proved_active[layer] & self.seen_neg[layer]
+        )
+        if bad.any():
+            j = int(np.flatnonzero(bad)[0])
+            raise ExactCompressError(
+                f"internal inconsistency: layer {layer + 1} neuron {j} was proved stable "
+                "but a witness shows the other state; please report this network"
+            )
+
+    # ---- queries ---------------------------------------------------------------
+    def unstable(self, layer: int) -> np.ndarray:
+        return self.seen_pos[layer] & self.seen_neg[layer]
+
+    def settled(self, layer: int) -> np.ndarray:
+        return self.unstable(layer) | self.proved_active[layer] | self.proved_inactive[layer]
+
+    def open_inactive(self, layer: int) -> np.ndarray:
+        """Candidates for stably inactive: never seen positive, not settled, not given up."""
+        return np.flatnonzero(~self.seen_pos[layer] & ~self.settled(layer) & ~self.given_up[layer])
+
+    def open_active(self, layer: int) -> np.ndarray:
+        """Candidates for stably active: never seen negative, not settled, not given up."""
+        return np.flatnonzero(~self.seen_neg[layer] & ~self.settled(layer) & ~self.given_up[layer])
+
+    def n_open(self) -> int:
+        return sum(
+            int((~self.settled(layer) & ~self.given_up[layer]).sum())
+            for layer in range(len(self.seen_pos))
+        )
+
+    def fixed_states(self) -> list[np.ndarray]:
+        """+1 proved active, -1 proved inactive, 0 otherwise (what a formulation may fix)."""
+        return [
+            np.where(pi, -1, np.where(pa, 1, 0)).astype(np.int8)
+            for pa, pi in zip(self.proved_active, self.proved_inactive)
+        ]
+
+    def states(self) -> list[np.ndarray]:
+        """Final state name of every neuron; g == 0 everywhere counts as inactive."""
+        out = []
+        for layer in range(len(self.seen_pos)):
+            s = np.full(self.seen_pos[layer].size, UNDECIDED, dtype=object)
+            s[self.proved_active[layer]] = ACTIVE
+            s[self.proved_inactive[layer]] = INACTIVE
+            s[self.unstable(layer)] = UNSTABLE
+            out.append(s)
+        return out
+
+
+@dataclass
+class StabilityReport:
+    """What stability.json holds, plus the witnesses that let anyone re-check it."""
+
+    widths: list[int]
+    domain: dict
+    formulation: str
+    solver: str
+    states: list[np.ndarray]
+    decided_by: dict[str, int]
+    seconds: dict[str, float]
+    deciders: list[list[str]] = field(default_factory=list)
+    witnesses: dict = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    interrupted: bool = False
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def complete(self) -> bool:
+        return not self.interrupted and all((s != UNDECIDED).all() for s in self.states)
+
+    def indices(self, layer: int, state: str) -> list[int]:
+        return [int(i) for i in np.flatnonzero(self.states[layer] == state)]
+
+    def counts(self) -> dict[str, int]:
+        return {k: sum(int((s == k).sum()) for s in self.states) for k in STATES}
+
+    def to_json(self) -> dict:
+        layers = []
+        for layer in range(len(self.states)):
+            entry = {"layer": layer + 1}
+            entry.update({k: self.indices(layer, k) for k in STATES})
+            layers.append(entry)
+        return {
+            "format": FORMAT,
+            "widths": list(self.widths),
+            "domain": self.domain,
+            "formulation": self.formulation,
+            "solver": self.solver,
+            "complete": self.complete,
+            "interrupted": self.interrupted,
+            "layers": layers,
+            "decided_by": dict(self.decided_by),
+            "seconds": {k: round(v, 4) for k, v in self.seconds.items()},
+            "deciders": self.deciders,
+            "witnesses": self.witnesses,
+            "notes": self.notes,
+            **self.extra,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict) -> StabilityReport:
+        if data.get("format") != FORMAT:
+            raise ExactCompressError(
+                f"not a stability file (format {data.get('format')!r}, expected {FORMAT!r})"
+            )
+        widths = [int(w) for w in data["widths"]]
+        states = []
+        for layer, entry in enumerate(data["layers"]):
+            s = np.full(widths[layer + 1], UNDECIDED, dtype=object)
+            for k in (ACTIVE, INACTIVE, UNSTABLE):
+                s[np.asarray(entry.get(k, []), dtype=int)] = k
+            states.append(s)
+        known = {
+            "format",
+            "widths",
+            "domain",
+            "formulation",
+            "solver",
+            "complete",
+            "interrupted",
+            "layers",
+            "decided_by",
+            "seconds",
+            "deciders",
+            "witnesses",
+            "notes",
+        }
+        return cls(
+            widths=widths,
+            domain=data.get("domain", {}),
+            formulation=data.get("formulation", ""),
+            solver=data.get("solver", ""),
+            states=states,
+            decided_by=data.get("decided_by", {}),
+            seconds=data.get("seconds", {}),
+            deciders=data.get("deciders", []),
+            witnesses=data.get("witnesses", {}),
+            notes=data.get("notes", []),
+            interrupted=bool(data.get("interrupted", False)),
+            extra={k: v for k, v in data.items() if k not in known},
+        )
+
+    def save(self, path: str) -> None:
+        from .io import write_atomic
+
+        write_atomic(path, json.dumps(self.to_json(), indent=1).encode())
+
+    @classmethod
+    def load(cls, path: str) -> StabilityReport:
+        try:
+            with open(path) as f:
+                data = json.load(f)
+        except (OSError, ValueError) as err:
+            raise ExactCompressError(f"cannot read stability file {path}: {err}") from None
+        return cls.from_json(data)

@@ -1,0 +1,90 @@
+"""Building blocks shared by the formulations: the input box, affine rows and ReLUs.
+
+``RELU_ENCODINGS`` maps a name to the function that encodes one ReLU; a variant
+formulation can add its own encoding there and pass its name to ``build_layers``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import pyomo.environ as pyo
+from pyomo.core.expr.numeric_expr import LinearExpression
+
+from .base import Handle, MILPInput
+
+
+def affine(weights_row: np.ndarray, bias: float, inputs: list) -> LinearExpression:
+    """w.h + b over the inputs that exist (None marks a neuron proved inactive)."""
+    coefs, vars_ = [], []
+    for k in np.flatnonzero(weights_row):
+        v = inputs[k]
+        if v is not None:
+            coefs.append(float(weights_row[k]))
+            vars_.append(v)
+    return LinearExpression(constant=float(bias), linear_coefs=coefs, linear_vars=vars_)
+
+
+def bigm_relu(block: pyo.Block, key: tuple[int, int], g, lower, upper, handle: Handle):
+    """h = max(0, g) with g in [L, U], L < 0 < U: the standard big-M encoding."""
+    h = pyo.Var(bounds=(0.0, max(pyo.value(upper), 0.0)))
+    a = pyo.Var(domain=pyo.Binary)
+    name = f"{key[0]}_{key[1]}"
+    block.add_component(f"h_{name}", h)
+    block.add_component(f"a_{name}", a)
+    block.add_component(f"ge_g_{name}", pyo.Constraint(expr=h >= g))
+    block.add_component(f"le_g_{name}", pyo.Constraint(expr=h <= g - lower * (1 - a)))
+    block.add_component(f"le_u_{name}", pyo.Constraint(expr=h <= upper * a))
+    handle.a[key] = a
+    return h
+
+
+RELU_ENCODINGS: dict[str, Callable] = {"bigm": bigm_relu}
+
+
+def build_layers(
+    data: MILPInput, need_output: list[np.ndarray], handle: Handle, relu: str = "bigm"
+) -> None:
+    """Model the hidden layers of ``data`` on ``handle.model``.
+
+    Every neuron gets its pre-activation expression in ``handle.g``; neurons whose
+    output is needed (``need_output[l][j]``) also get ``h``: 0 when proved inactive
+    (no variable), g itself when proved active (an equality, no binary), and a ReLU
+    from ``RELU_ENCODINGS[relu]`` otherwise.
+    """
+    m = handle.model
+    m.x = pyo.Var(range(len(data.lo)), bounds=lambda _, i: (data.lo[i], data.hi[i]))
+    handle.x = [m.x[i] for i in range(len(data.lo))]
+    encode = RELU_ENCODINGS[relu]
+    inputs: list = handle.x
+    for layer, (w, b) in enumerate(zip(data.weights, data.biases)):
+        blk = pyo.Block()
+        m.add_component(f"layer{layer + 1}", blk)
+        blk.L = pyo.Param(
+            range(len(b)), initialize=dict(enumerate(data.lower[layer])), mutable=True
+        )
+        blk.U = pyo.Param(
+            range(len(b)), initialize=dict(enumerate(data.upper[layer])), mutable=True
+        )
+        outputs: list = [None] * len(b)
+        for j in range(len(b)):
+            key = (layer, j)
+            g = affine(w[j], b[j], inputs)
+            handle.g[key] = g
+            handle.lower[key], handle.upper[key] = blk.L[j], blk.U[j]
+            if not need_output[layer][j]:
+                continue
+            state = data.fixed[layer][j]
+            lo, up = data.lower[layer][j], data.upper[layer][j]
+            if state < 0 or up <= 0:
+                continue
+            if state > 0 or lo >= 0:
+                h = pyo.Var(bounds=(max(lo, 0.0), up))
+                blk.add_component(f"h_{j}", h)
+                blk.add_component(f"eq_{j}", pyo.Constraint(expr=h == g))
+            else:
+                h = encode(blk, key, g, blk.L[j], blk.U[j], handle)
+            handle.h[key] = h
+            outputs[j] = h
+        inputs = outputs

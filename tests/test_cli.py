@@ -1,0 +1,117 @@
+"""The command line: contracts, outputs, and one-line errors on bad input."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from oracle import random_net
+from torch import nn
+
+from exactcompress import ReLUNetwork, save_model
+from exactcompress.cli import main
+
+
+@pytest.fixture
+def model_file(tmp_path):
+    rng = np.random.default_rng(0)
+    w, b = random_net(rng, [4, 12, 12, 3], bias_shift=-0.4)
+    path = tmp_path / "model.pt"
+    save_model(path, ReLUNetwork(w, b), {"note": "test"})
+    return path
+
+
+def run_error(capsys, argv):
+    code = main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code != 0
+    assert err and err[-1].startswith("exactcompress: error:")
+    assert "Traceback" not in "\n".join(err)
+    return err[-1]
+
+
+def test_stability_then_prune_then_compress(tmp_path, model_file, capsys):
+    js = tmp_path / "s.json"
+    assert main(["stability", str(model_file), "--json", str(js), "--samples", "500"]) == 0
+    data = json.loads(js.read_text())
+    assert data["widths"] == [4, 12, 12, 3] and data["complete"]
+    out = tmp_path / "small.pt"
+    assert main(["prune", str(model_file), str(js), "-o", str(out)]) == 0
+    small = torch.load(out, weights_only=True)
+    assert small["format"] == "exactcompress.model/1"
+    outdir = tmp_path / "out"
+    assert main(["compress", str(model_file), "-o", str(outdir), "--formulation", "neuron"]) == 0
+    for name in ("stability.json", "compressed.pt", "report.md"):
+        assert (outdir / name).exists()
+    assert "Verification" in (outdir / "report.md").read_text()
+
+
+def test_unsupported_layer_is_named(tmp_path, capsys):
+    path = tmp_path / "conv.pt"
+    torch.save(nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Linear(2, 2)).state_dict(), path)
+    msg = run_error(capsys, ["stability", str(path)])
+    assert str(path) in msg
+
+
+def test_unsupported_module_type_named_in_api():
+    from exactcompress import ExactCompressError, load_network
+
+    with pytest.raises(ExactCompressError, match="Sigmoid"):
+        load_network(nn.Sequential(nn.Linear(2, 3), nn.Sigmoid(), nn.Linear(3, 1)))
+
+
+def test_domain_of_wrong_size(tmp_path, model_file, capsys):
+    dom = tmp_path / "dom.npy"
+    np.save(dom, np.array([[0.0] * 3, [1.0] * 3]))
+    msg = run_error(capsys, ["stability", str(model_file), "--domain", str(dom)])
+    assert "(2, 4)" in msg or "4" in msg
+
+
+def test_missing_file(tmp_path, capsys):
+    msg = run_error(capsys, ["stability", str(tmp_path / "nope.pt")])
+    assert "nope.pt" in msg
+
+
+def test_corrupt_file(tmp_path, capsys):
+    path = tmp_path / "bad.pt"
+    path.write_bytes(b"\x00garbage" * 50)
+    assert "bad.pt" in run_error(capsys, ["compress", str(path), "-o", str(tmp_path / "o")])
+
+
+def test_nan_weights(tmp_path, capsys):
+    sd = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2)).state_dict()
+    sd["0.weight"][1, 2] = float("nan")
+    path = tmp_path / "nan.pt"
+    torch.save(sd, path)
+    assert "NaN" in run_error(capsys, ["stability", str(path)])
+
+
+def test_unknown_solver(model_file, capsys):
+    assert "nosuchsolver" in run_error(
+        capsys, ["stability", str(model_file), "--solver", "nosuchsolver"]
+    )
+
+
+def test_unknown_formulation(model_file, capsys):
+    msg = run_error(capsys, ["stability", str(model_file), "--formulation", "nosuch"])
+    assert "network" in msg and "neuron" in msg
+
+
+def test_stability_file_for_another_model(tmp_path, model_file, capsys):
+    other = tmp_path / "other.pt"
+    rng = np.random.default_rng(1)
+    save_model(other, ReLUNetwork(*random_net(rng, [4, 5, 3])), {})
+    js = tmp_path / "s.json"
+    assert main(["stability", str(other), "--json", str(js), "--samples", "100"]) == 0
+    assert "widths" in run_error(
+        capsys, ["prune", str(model_file), str(js), "-o", str(tmp_path / "x.pt")]
+    )
+
+
+def test_demo_runs_and_reports(tmp_path, capsys):
+    assert main(["demo", "-o", str(tmp_path / "demo")]) == 0
+    out = capsys.readouterr().out
+    assert "Parameters:" in out and "verify: equivalent" in out
+    assert (tmp_path / "demo" / "compressed.pt").exists()

@@ -1,0 +1,128 @@
+"""The pipeline's stable sets against independent brute force (tests/oracle.py)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from oracle import grid_states, milp_states, random_net
+
+from exactcompress import Box, ReLUNetwork, StabilityOptions, find_stable_neurons
+from exactcompress.api import compress
+from exactcompress.report import StabilityReport
+
+FAST = {"samples": 2000}
+
+
+def assert_matches(report, truth):
+    """Every neuron the oracle settles has the same state; nothing is left undecided."""
+    checked = 0
+    for layer, (got, want) in enumerate(zip(report.states, truth)):
+        for j, (g, w) in enumerate(zip(got, want)):
+            if w == "ambiguous":
+                continue
+            assert g == w, f"layer {layer + 1} neuron {j}: pipeline {g}, brute force {w}"
+            checked += 1
+    assert checked > 0
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("dim", [1, 2])
+def test_low_dimensional_nets_match_dense_grid(seed, dim):
+    rng = np.random.default_rng(100 + seed)
+    w, b = random_net(rng, [dim, 10, 10, 8, 2], bias_shift=-0.2)
+    box = Box.uniform(dim, -1.0, 1.0)
+    report = find_stable_neurons(ReLUNetwork(w, b), box, options=StabilityOptions(**FAST))
+    truth = grid_states(w, b, box.lo, box.hi, per_dim=20001 if dim == 1 else 401)
+    assert_matches(report, truth)
+    stable = sum(int((s != "unstable").sum()) for s in report.states)
+    assert stable > 0  # the nets are chosen so both kinds occur
+
+
+@pytest.mark.parametrize("formulation", ["network", "neuron"])
+@pytest.mark.parametrize("seed", range(3))
+def test_random_nets_match_per_neuron_milp(formulation, seed):
+    rng = np.random.default_rng(seed)
+    w, b = random_net(rng, [5, 12, 12, 12, 3], bias_shift=-0.3)
+    box = Box.uniform(5)
+    truth = milp_states(w, b, box.lo, box.hi)
+    # the paper's configuration leaves the most to the MILP; the default the least
+    for options in (
+        StabilityOptions(formulation=formulation, **FAST),
+        StabilityOptions.paper(formulation=formulation),
+    ):
+        report = find_stable_neurons(ReLUNetwork(w, b), box, options=options)
+        assert report.complete
+        assert_matches(report, truth)
+
+
+@pytest.mark.slow
+def test_trained_digits_net_matches_per_neuron_milp():
+    from exactcompress.data import load_dataset
+    from exactcompress.train import train
+
+    net, _ = train("digits", [32, 32, 32], l1=2e-3, epochs=8, seed=1)
+    x, _ = load_dataset("digits", "train")
+    box = Box.uniform(64)
+    report = find_stable_neurons(net, box, x, StabilityOptions(**FAST))
+    truth = milp_states(net.weights, net.biases, box.lo, box.hi)
+    assert report.complete
+    assert_matches(report, truth)
+    assert report.counts()["stably_inactive"] + report.counts()["stably_active"] > 0
+
+
+def test_witnesses_recheck_without_solver():
+    rng = np.random.default_rng(7)
+    w, b = random_net(rng, [4, 16, 16, 2], bias_shift=-0.2)
+    net = ReLUNetwork(w, b)
+    box = Box.uniform(4)
+    data = json.loads(json.dumps(find_stable_neurons(net, box).to_json()))
+    points = np.array(data["witnesses"]["points"])
+    assert (points >= 0).all() and (points <= 1).all()
+    for layer, entry in enumerate(data["layers"]):
+        wit = data["witnesses"]["layers"][layer]
+        for j in entry["unstable"]:
+            x_pos, x_neg = points[wit["pos"][str(j)]], points[wit["neg"][str(j)]]
+            pre = [np.asarray(x_pos), np.asarray(x_neg)]
+            for x, sign in zip(pre, (1, -1)):
+                h = x
+                for k in range(layer + 1):
+                    g = w[k] @ h + b[k]
+                    h = np.maximum(g, 0)
+                assert sign * g[j] > 0
+
+
+def test_json_contract_round_trip(tmp_path):
+    rng = np.random.default_rng(3)
+    w, b = random_net(rng, [3, 8, 8, 2], bias_shift=-0.5)
+    report = find_stable_neurons(ReLUNetwork(w, b), Box.uniform(3))
+    path = tmp_path / "stability.json"
+    report.save(str(path))
+    data = json.loads(path.read_text())
+    assert data["format"] == "exactcompress.stability/1"
+    assert data["widths"] == [3, 8, 8, 2]
+    assert data["domain"] == {"kind": "box", "lo": 0.0, "hi": 1.0}
+    assert data["complete"] is True
+    for entry in data["layers"]:
+        keys = ("stably_active", "stably_inactive", "unstable", "undecided")
+        assert sorted(sum((entry[k] for k in keys), [])) == list(range(8))
+    for key in ("bounds", "milp", "total"):
+        assert key in data["seconds"]
+    again = StabilityReport.load(str(path))
+    assert all((a == b).all() for a, b in zip(again.states, report.states))
+
+
+def test_compressed_equals_original_and_is_smaller():
+    rng = np.random.default_rng(11)
+    w, b = random_net(rng, [6, 24, 24, 24, 4], bias_shift=-0.4)
+    net = ReLUNetwork(w, b)
+    box = Box.uniform(6)
+    result = compress(net, box, options=StabilityOptions(**FAST))
+    counts = result.report.counts()
+    assert counts["stably_active"] + counts["stably_inactive"] > 0
+    assert result.compressed.n_parameters < net.n_parameters
+    x = np.concatenate([box.sample(10_000, rng), box.corners(64, rng)])
+    ref = net.forward(x)
+    assert np.abs(result.compressed.forward(x) - ref).max() <= 1e-9 * max(1, np.abs(ref).max())
+    assert result.verification.ok
