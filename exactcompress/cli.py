@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from .bench_cli import add_bench_parser, cmd_bench
 from .domain import Box
 from .errors import ExactCompressError
 from .stability import StabilityOptions
@@ -28,7 +29,9 @@ def add_stability_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--formulation", default="network", help="network (ISA) | neuron (LEO) | registered"
     )
-    p.add_argument("--solver", default="auto", help="auto | highs | gurobi | any Pyomo solver name")
+    p.add_argument(
+        "--solver", default="auto", help="auto | highs | gurobi | scip | cbc | glpk | cplex"
+    )
     p.add_argument("--time-limit", type=float, default=None, metavar="S", help="total seconds")
     p.add_argument("--data", default=None, help="dataset name (its training split) or a .npy file")
     p.add_argument("--data-dir", default=None, help="folder holding MNIST/CIFAR files")
@@ -65,7 +68,12 @@ def options_from(args: argparse.Namespace) -> StabilityOptions:
         verbose=args.verbose,
     )
     if args.paper:
-        opts.bounds, opts.witness_search, opts.samples = "interval", False, 0
+        paper = StabilityOptions.paper()
+        opts.bounds, opts.witness_search, opts.samples = (
+            paper.bounds,
+            paper.witness_search,
+            paper.samples,
+        )
     return opts
 
 
@@ -250,6 +258,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "prune": cmd_prune,
     "compress": cmd_compress,
     "evaluate": cmd_evaluate,
+    "bench": cmd_bench,
 }
 
 
@@ -293,6 +302,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model")
     p.add_argument("--dataset", default=None)
     p.add_argument("--data-dir", default=None)
+
+    add_bench_parser(sub)
     return parser
 
 

@@ -40,6 +40,9 @@ class NeuronEvidence:
     witness_pos: list[dict[int, np.ndarray]] = field(init=False)
     witness_neg: list[dict[int, np.ndarray]] = field(init=False)
     given_up: list[np.ndarray] = field(init=False)
+    g_max: list[np.ndarray] = field(init=False)
+    g_min: list[np.ndarray] = field(init=False)
+    n_observed: int = field(init=False, default=0)
     notes: dict[tuple[int, int], str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -52,6 +55,9 @@ class NeuronEvidence:
         self.decider = [np.full(n, "", dtype=object) for n in widths]
         self.witness_pos = [{} for _ in widths]
         self.witness_neg = [{} for _ in widths]
+        # the extremes seen so far say how close sampling came to refuting a candidate
+        self.g_max = [np.full(n, -np.inf) for n in widths]
+        self.g_min = [np.full(n, np.inf) for n in widths]
 
     # ---- evidence --------------------------------------------------------------
     def observe(self, x: np.ndarray, stage: str) -> int:
@@ -60,7 +66,10 @@ class NeuronEvidence:
         if x.shape[0] == 0:
             return 0
         newly = 0
+        self.n_observed += x.shape[0]
         for layer, g in enumerate(self.net.preactivations(x)):
+            np.maximum(self.g_max[layer], g.max(axis=0), out=self.g_max[layer])
+            np.minimum(self.g_min[layer], g.min(axis=0), out=self.g_min[layer])
             before = self.unstable(layer)
             for seen, wit, mask in (
                 (self.seen_pos[layer], self.witness_pos[layer], g > 0),

@@ -603,8 +603,10 @@ def require(name: str) -> None:
         from pyomo.contrib.solver.solvers.highs import Highs
 
         ok = bool(Highs().available())
-    else:
+    elif name in GENERIC:
         ok = GENERIC[name].available()
+    else:
+        raise ExactCompressError(f"unknown solver {name!r}; choose from {', '.join(ADAPTERS)}")
     if not ok:
         raise ExactCompressError(f"solver {name!r} is not installed: install {INSTALL[name]}")
 

@@ -42,6 +42,12 @@ class StabilityOptions:
     threads: int | None = None
     verbose: bool = False
 
+    def __post_init__(self) -> None:
+        if self.time_limit is not None and not self.time_limit >= 0:
+            raise ExactCompressError(f"time limit must be >= 0 seconds, got {self.time_limit}")
+        if self.samples < 0:
+            raise ExactCompressError(f"samples must be >= 0, got {self.samples}")
+
     @classmethod
     def paper(cls, **overrides) -> StabilityOptions:
         """Interval big-M, the data as the only refutation, the network formulation."""
@@ -69,14 +75,14 @@ def find_stable_neurons(
             )
     try:
         spec = formulations.get(options.formulation)
-    except KeyError as err:
+    except (KeyError, ImportError) as err:
         raise ExactCompressError(str(err.args[0])) from None
     open_solver = solver_factory(options.solver, options.verbose, options.threads, say)
 
     evidence = NeuronEvidence(net, box)
     seconds = {"bounds": 0.0, "refute": 0.0, "witness": 0.0, "milp": 0.0}
     start = time.monotonic()
-    deadline = start + (options.time_limit if options.time_limit else float("inf"))
+    deadline = start + (float("inf") if options.time_limit is None else options.time_limit)
     rng = np.random.default_rng(options.seed)
     interrupted, milp_stats = False, {}
     stage_names = [
@@ -85,6 +91,7 @@ def find_stable_neurons(
         ("witness", lambda: _witness_stage(evidence, data, options, rng)),
     ]
     bounds: LayerBounds | None = None
+    candidates: list[dict] = []
     try:
         for name, run in stage_names:
             t0 = time.monotonic()
@@ -93,6 +100,7 @@ def find_stable_neurons(
             if name == "bounds":
                 bounds = result
             say(f"{name:8s} {seconds[name]:7.2f} s   {_summary(evidence)}")
+        candidates = _milp_candidates(evidence, bounds)
         t0 = time.monotonic()
         milp_stats = run_exact_stage(evidence, spec, bounds, open_solver, deadline, say)
         seconds["milp"] = time.monotonic() - t0
@@ -101,6 +109,10 @@ def find_stable_neurons(
         interrupted = True
         say("interrupted: keeping what was decided so far")
     seconds["total"] = time.monotonic() - start
+    states = evidence.states()
+    for cand in candidates:
+        cand["outcome"] = str(states[cand["layer"] - 1][cand["neuron"]])
+    milp_stats["why_candidates"] = candidates
     return _report(evidence, options, box, seconds, interrupted, milp_stats, open_solver)
 
 
@@ -145,6 +157,38 @@ def _witness_stage(
             net, box, push_pos, push_neg, np.concatenate(starts), device=options.device
         )
         evidence.observe(found, "witness")
+
+
+def _milp_candidates(evidence: NeuronEvidence, bounds: LayerBounds) -> list[dict]:
+    """Each neuron about to reach the MILP, and why no earlier stage could decide it:
+    its bounds cross 0, and no point tried put it on the side it was never seen on."""
+    out = []
+    for layer in range(evidence.net.n_hidden):
+        lo, up = bounds.lower[layer], bounds.upper[layer]
+        for j in sorted(set(evidence.open_inactive(layer)) | set(evidence.open_active(layer))):
+            never = [
+                s
+                for s, seen in (("active", evidence.seen_pos), ("inactive", evidence.seen_neg))
+                if not seen[layer][j]
+            ]
+            gmax, gmin = evidence.g_max[layer][j], evidence.g_min[layer][j]
+            seen = (
+                f"pre-activation seen in [{gmin:.3g}, {gmax:.3g}]"
+                if np.isfinite(gmax)
+                else "no point tried"
+            )
+            out.append(
+                {
+                    "layer": layer + 1,
+                    "neuron": int(j),
+                    "never_seen": never,
+                    "bounds": [float(lo[j]), float(up[j])],
+                    "seen_range": [float(gmin), float(gmax)] if np.isfinite(gmax) else None,
+                    "why": f"bounds [{lo[j]:.3g}, {up[j]:.3g}] cross 0; never seen "
+                    f"{' or '.join(never)} in {evidence.n_observed} points ({seen})",
+                }
+            )
+    return out
 
 
 def _summary(evidence: NeuronEvidence) -> str:

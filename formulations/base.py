@@ -8,6 +8,8 @@ read inputs out of solutions and change objectives without knowing the encoding.
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -97,7 +99,23 @@ def register(
     return spec
 
 
+def discover() -> None:
+    """Import every module of this package, so that a module dropped into
+    ``formulations/`` registers itself without any other edit."""
+    package = importlib.import_module(__package__)
+    for info in pkgutil.iter_modules(package.__path__):
+        module = f"{__package__}.{info.name}"
+        try:
+            importlib.import_module(module)
+        except Exception as err:  # a user's module: name it rather than hide the cause
+            raise ImportError(f"formulation module {module} failed to import: {err}") from err
+
+
 def get(name: str) -> FormulationSpec:
+    """The formulation registered as ``name``, looking through ``formulations/`` first
+    when nothing of that name is registered yet."""
+    if name not in FORMULATIONS:
+        discover()
     try:
         return FORMULATIONS[name]
     except KeyError:
