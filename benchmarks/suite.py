@@ -142,6 +142,23 @@ def quick_suite(repo: Path = REPO) -> list[BenchModel]:
     ]
 
 
+def pipeline_suite(repo: Path = REPO) -> list[BenchModel]:
+    """Full pipeline against the paper's configuration: networks where the paper's
+    MILP takes seconds to minutes (little or no L1, wider, deeper, 3072 inputs), two
+    tiny ones where it takes a tenth of a second, and the published models."""
+    recipes = [
+        TrainRecipe("digits", (32, 32), 1e-3),
+        TrainRecipe("digits", (32, 32, 32), 1e-3),
+        TrainRecipe("digits28", (100, 100), 0.0),
+        TrainRecipe("digits28", (100, 100), 1e-4),
+        TrainRecipe("digits28", (200, 200), 0.0),
+        TrainRecipe("digits28", (200, 200), 1e-4),
+        TrainRecipe("digits28", (100, 100, 100), 1e-4),
+        TrainRecipe("digits-rgb32", (100, 100), 1e-4),
+    ]
+    return [trained(r) for r in recipes] + reference_models(repo)
+
+
 def trained(recipe: TrainRecipe) -> BenchModel:
     return BenchModel(recipe.name, recipe=recipe, dataset=recipe.dataset, l1=recipe.l1)
 

@@ -27,6 +27,10 @@ from .solvers import solver_factory
 Progress = Callable[[str], None]
 
 
+#: random points and corners forward-passed per round of the sampling stage
+SAMPLING_ROUND = 2000
+
+
 @dataclass
 class StabilityOptions:
     """Everything that selects a configuration; ``paper()`` gives the NeurIPS 2021 one."""
@@ -131,10 +135,15 @@ def _sampling_stage(
     if data is not None:
         for chunk in np.array_split(data, max(1, len(data) // 4096)):
             evidence.observe(chunk, "data")
-    if options.samples > 0:
-        n_corners = options.samples // 10
-        points = refute.sampling_points(evidence.box, options.samples - n_corners, n_corners, rng)
-        evidence.observe(points, "sampling")
+    # in rounds, so that a network the data already settled pays for no sampling at all
+    left = options.samples
+    while left > 0 and evidence.n_open() > 0:
+        n = min(left, SAMPLING_ROUND)
+        n_corners = n // 10
+        evidence.observe(
+            refute.sampling_points(evidence.box, n - n_corners, n_corners, rng), "sampling"
+        )
+        left -= n
 
 
 def _witness_stage(

@@ -165,3 +165,17 @@ def test_cli_bench_on_a_model_file(tmp_path):
 def test_unknown_config_is_refused(tmp_path):
     with pytest.raises(ExactCompressError, match="unknown config"):
         sweep(TINY, tmp_path, configs=("fastest",))
+
+
+def test_pipeline_suite_holds_slow_paper_cases_and_tiny_ones():
+    from benchmarks.suite import pipeline_suite
+
+    names = [m.name for m in pipeline_suite()]
+    assert len(names) == len(set(names))
+    recipes = [m.recipe for m in pipeline_suite() if m.recipe is not None]
+    assert any(r.dataset == "digits-rgb32" for r in recipes)  # 3072 inputs, as CIFAR
+    assert any(r.dataset == "digits" for r in recipes)  # 64 inputs: the MILP is quick
+    assert any(r.l1 == 0.0 for r in recipes)  # no L1: all unstable, the paper's slow case
+    parser = argparse.ArgumentParser()
+    add_bench_parser(parser.add_subparsers())
+    assert parser.parse_args(["bench", "--suite", "pipeline"]).suite == "pipeline"
