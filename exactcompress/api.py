@@ -75,6 +75,7 @@ STAGE_DECIDERS = {
     "bounds": ("bounds",),
     "refute": ("data", "sampling"),
     "witness": ("witness",),
+    "lp": ("lp",),
     "milp": ("milp",),
 }
 MAX_CANDIDATE_ROWS = 200

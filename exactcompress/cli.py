@@ -35,7 +35,15 @@ def add_stability_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--time-limit", type=float, default=None, metavar="S", help="total seconds")
     p.add_argument("--data", default=None, help="dataset name (its training split) or a .npy file")
     p.add_argument("--data-dir", default=None, help="folder holding MNIST/CIFAR files")
-    p.add_argument("--bounds", default="crown", help="interval | crown | alpha-crown")
+    p.add_argument(
+        "--bounds", default="interval", help="interval (fastest overall) | crown | alpha-crown"
+    )
+    p.add_argument(
+        "--tighten",
+        default="none",
+        choices=["none", "lp"],
+        help="lp: tighten the open neurons' bounds by LP (HiGHS) before the MILP",
+    )
     p.add_argument(
         "--witness-search",
         action=argparse.BooleanOptionalAction,
@@ -60,6 +68,7 @@ def options_from(args: argparse.Namespace) -> StabilityOptions:
         solver=args.solver,
         bounds=args.bounds,
         witness_search=args.witness_search,
+        tighten=args.tighten,
         samples=args.samples,
         time_limit=args.time_limit,
         seed=args.seed,

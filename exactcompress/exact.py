@@ -2,8 +2,10 @@
 candidate is refuted by a witness, proved stable by a bound, or given up.
 
 Two strategies, chosen by the formulation's registration: "network" (ISA) solves one
-model whose objective counts candidates in their unseen state; "neuron" (LEO)
-solves one objective per candidate on a persistent model, layer by layer.
+model whose objective counts candidates in their unseen state (with a solver that
+restarts to drop refuted ones, a gradient search from each of its solutions refutes
+many at once); "neuron" (LEO) solves one objective per candidate on a persistent
+model, layer by layer.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import numpy as np
 
 from formulations import FLIP_MARGIN, Candidate, FormulationSpec, Handle, MILPInput
 
+from . import refute
 from .bounds import LayerBounds
 from .report import NeuronEvidence
 from .solvers import Reaction, SolverAdapter
@@ -62,6 +65,45 @@ def seconds_left(deadline: float) -> float:
     return deadline - time.monotonic()
 
 
+#: harvested MILP solutions kept as starting points of the gradient search
+MINING_POOL = 64
+
+
+class Miner:
+    """Gradient search from the MILP's solutions toward the candidates still alive.
+
+    A count-maximising solution need only bring a candidate within FLIP_MARGIN of its
+    unseen side, so its forward pass often flips none; a few projected-gradient steps
+    from it (refute.gradient_search) usually flip most of them. Every point found is
+    forward-passed like any other, so witnesses stay float64 forward passes.
+    """
+
+    def __init__(self, evidence: NeuronEvidence) -> None:
+        self.evidence = evidence
+        self.pool: list[np.ndarray] = []
+
+    def __call__(self, x: np.ndarray, targets: list[Candidate]) -> None:
+        x = np.asarray(x, dtype=np.float64)
+        if not self.pool or not np.array_equal(self.pool[-1], x):
+            self.pool.append(x)
+            del self.pool[:-MINING_POOL]
+        n = self.evidence.net.n_hidden
+        pos = [[] for _ in range(n)]
+        neg = [[] for _ in range(n)]
+        for layer, j, side in targets:
+            (pos if side == "pos" else neg)[layer].append(j)
+        if not any(pos) and not any(neg):
+            return
+        found = refute.gradient_search(
+            self.evidence.net,
+            self.evidence.box,
+            [np.array(p, dtype=int) for p in pos],
+            [np.array(q, dtype=int) for q in neg],
+            np.array(self.pool),
+        )
+        self.evidence.observe(found, STAGE)
+
+
 def run_network_strategy(
     evidence: NeuronEvidence,
     spec: FormulationSpec,
@@ -80,15 +122,25 @@ def run_network_strategy(
     stats["binaries"] = handle.n_binaries()
     solver = open_solver(handle)
     solver.load(handle)
-    alive = set(cands)
+    alive = dict.fromkeys(cands)
     objective = handle.model.objective
     refuted_in_solve: list[Candidate] = []
+    # Gurobi drops refuted indicators inside one solve (lazy constraints); a solver that
+    # restarts for them gets fewer restarts when each solution refutes more
+    mine = None if solver.lazy_constraints else Miner(evidence)
+
+    def drop_refuted() -> list[Candidate]:
+        gone = [c for c in alive if is_refuted(evidence, c)]
+        for c in gone:
+            del alive[c]
+        refuted_in_solve.extend(gone)
+        return gone
 
     def on_solution(x: np.ndarray, _objective: float) -> Reaction:
         evidence.observe(x, STAGE)
-        gone = [c for c in alive if is_refuted(evidence, c)]
-        alive.difference_update(gone)
-        refuted_in_solve.extend(gone)
+        if mine is not None:
+            mine(x, [c for c in alive if not is_refuted(evidence, c)])
+        gone = drop_refuted()
         return Reaction(zero=[handle.z[c] for c in gone])
 
     while alive:
@@ -98,8 +150,7 @@ def run_network_strategy(
         refuted_in_solve.clear()
         outcome = solver.maximize(left, on_solution)
         stats["solves"] += 1
-        for c in [c for c in alive if is_refuted(evidence, c)]:
-            alive.discard(c)
+        drop_refuted()
         for c in cands:
             if c not in alive and not handle.z[c].fixed:
                 handle.z[c].fix(0)
@@ -119,7 +170,7 @@ def run_network_strategy(
             for c in stuck:
                 if decide_by_extreme(evidence, handle, solver, c, deadline) == "time_limit":
                     break
-                alive.discard(c)
+                del alive[c]
                 handle.z[c].fix(0)
             objective.set_value(count)
         elif outcome.status not in ("optimal", "stopped"):

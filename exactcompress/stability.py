@@ -23,12 +23,15 @@ from .exact import run_exact_stage
 from .network import ReLUNetwork
 from .report import NeuronEvidence, StabilityReport
 from .solvers import solver_factory
+from .tighten import lp_tighten
 
 Progress = Callable[[str], None]
 
 
 #: random points and corners forward-passed per round of the sampling stage
 SAMPLING_ROUND = 2000
+#: --tighten choices: none, or LP bounds of the open neurons before the MILP
+TIGHTEN = ("none", "lp")
 
 
 @dataclass
@@ -37,8 +40,9 @@ class StabilityOptions:
 
     formulation: str = "network"
     solver: str = "auto"
-    bounds: str = "crown"
+    bounds: str = "interval"  # fastest overall: benchmarks/README.md, bounds and LP tightening
     witness_search: bool = True
+    tighten: str = "none"
     samples: int = 10_000
     time_limit: float | None = None
     seed: int = 0
@@ -51,6 +55,10 @@ class StabilityOptions:
             raise ExactCompressError(f"time limit must be >= 0 seconds, got {self.time_limit}")
         if self.samples < 0:
             raise ExactCompressError(f"samples must be >= 0, got {self.samples}")
+        if self.tighten not in TIGHTEN:
+            raise ExactCompressError(
+                f"unknown tightening {self.tighten!r}; choose one of {', '.join(TIGHTEN)}"
+            )
 
     @classmethod
     def paper(cls, **overrides) -> StabilityOptions:
@@ -84,7 +92,7 @@ def find_stable_neurons(
     open_solver = solver_factory(options.solver, options.verbose, options.threads, say)
 
     evidence = NeuronEvidence(net, box)
-    seconds = {"bounds": 0.0, "refute": 0.0, "witness": 0.0, "milp": 0.0}
+    seconds = {"bounds": 0.0, "refute": 0.0, "witness": 0.0, "lp": 0.0, "milp": 0.0}
     start = time.monotonic()
     deadline = start + (float("inf") if options.time_limit is None else options.time_limit)
     rng = np.random.default_rng(options.seed)
@@ -93,6 +101,7 @@ def find_stable_neurons(
         ("bounds", lambda: _bounds_stage(evidence, options)),
         ("refute", lambda: _sampling_stage(evidence, data, options, rng)),
         ("witness", lambda: _witness_stage(evidence, data, options, rng)),
+        ("lp", lambda: _lp_stage(evidence, bounds, options, deadline, say)),
     ]
     bounds: LayerBounds | None = None
     candidates: list[dict] = []
@@ -101,7 +110,7 @@ def find_stable_neurons(
             t0 = time.monotonic()
             result = run()
             seconds[name] = time.monotonic() - t0
-            if name == "bounds":
+            if name in ("bounds", "lp"):
                 bounds = result
             say(f"{name:8s} {seconds[name]:7.2f} s   {_summary(evidence)}")
         candidates = _milp_candidates(evidence, bounds)
@@ -127,6 +136,18 @@ def _bounds_stage(evidence: NeuronEvidence, options: StabilityOptions) -> LayerB
         evidence.prove(layer, np.flatnonzero(pi), active=False, stage="bounds")
         evidence.prove(layer, np.flatnonzero(pa & ~pi), active=True, stage="bounds")
     return bounds
+
+
+def _lp_stage(
+    evidence: NeuronEvidence,
+    bounds: LayerBounds,
+    options: StabilityOptions,
+    deadline: float,
+    say: Progress,
+) -> LayerBounds:
+    if options.tighten != "lp" or evidence.n_open() == 0:
+        return bounds
+    return lp_tighten(evidence, bounds, options.bounds, deadline, options.device, say)[0]
 
 
 def _sampling_stage(

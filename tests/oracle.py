@@ -146,3 +146,15 @@ def random_net(rng, widths, bias_shift=0.0, scale=1.0):
     weights = [rng.normal(size=(b, a)) * scale / np.sqrt(a) for a, b in zip(widths, widths[1:])]
     biases = [rng.normal(size=b) * 0.5 + bias_shift for b in widths[1:]]
     return weights, biases
+
+
+def assert_matches(report, truth):
+    """Every neuron the oracle settles has the same state in the report."""
+    checked = 0
+    for layer, (got, want) in enumerate(zip(report.states, truth)):
+        for j, (g, w) in enumerate(zip(got, want)):
+            if w == "ambiguous":
+                continue
+            assert g == w, f"layer {layer + 1} neuron {j}: pipeline {g}, brute force {w}"
+            checked += 1
+    assert checked > 0

@@ -6,25 +6,13 @@ import json
 
 import numpy as np
 import pytest
-from oracle import grid_states, milp_states, random_net
+from oracle import assert_matches, grid_states, milp_states, random_net
 
 from exactcompress import Box, ReLUNetwork, StabilityOptions, find_stable_neurons
 from exactcompress.api import compress, render_report
 from exactcompress.report import StabilityReport
 
 FAST = {"samples": 2000}
-
-
-def assert_matches(report, truth):
-    """Every neuron the oracle settles has the same state; nothing is left undecided."""
-    checked = 0
-    for layer, (got, want) in enumerate(zip(report.states, truth)):
-        for j, (g, w) in enumerate(zip(got, want)):
-            if w == "ambiguous":
-                continue
-            assert g == w, f"layer {layer + 1} neuron {j}: pipeline {g}, brute force {w}"
-            checked += 1
-    assert checked > 0
 
 
 @pytest.mark.parametrize("seed", range(4))

@@ -1,0 +1,344 @@
+"""LP tightening of the candidates' bounds (``--tighten lp``).
+
+Between the witness stage and the MILP, every neuron still open is bounded by the
+LP relaxation of the layers before it, layer by layer: each ReLU already proved
+stable is linear (active) or zero (inactive), each other one is replaced by its
+triangle relaxation over its bounds (tighter than the LP relaxation of big-M),
+
+    h >= 0,  h >= g,  h <= s g + t   (s = U / (U - L), the line through (L, 0), (U, U)).
+
+Only the side that matters is solved: max g for a neuron never seen active, min g
+for one never seen inactive. One HiGHS model grows by a layer at a time and only
+its objective changes between solves, so every solve warm-starts from the last basis.
+
+Soundness. HiGHS' optimum is only accurate to its tolerances, so it is never used
+as a bound. Its row duals y are used instead: for ANY y, with r = c - A^T y,
+
+    min {c.z : rl <= A z <= ru, lz <= z <= uz}
+        >=  sum_i y_i (rl_i if y_i > 0 else ru_i) + sum_j min(r_j lz_j, r_j uz_j)
+
+(Neumaier and Shcherbina 2004), whatever y's optimality or feasibility; every
+variable has finite bounds, so the right side is finite. It is evaluated in float64
+and widened by a bound on its rounding error (Higham, ch. 3, as in bounds.py), then
+by a safety pad of 1e-6 (1 + |value|); a neuron is decided only when the padded
+bound is on the other side of 0, so no neuron within the pad of 0 is ever decided.
+The tolerance-based padding by feasibility tolerances times row norms is not needed:
+the bound above does not assume a feasible or optimal y.
+
+The bounds found (padded outward) are intersected with the stage's bounds, so they
+never loosen, and the MILP's big-M constants shrink; when a layer's bounds changed,
+the layers after it are re-propagated with interval or CROWN bounds from them.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import highspy
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from .bounds import (
+    EPS64,
+    ROW_CHUNK,
+    LayerBounds,
+    _BackSubstitution,
+    pick_device,
+    rounding_margin,
+)
+from .report import NeuronEvidence
+
+STAGE = "lp"
+#: relative safety pad added outwards to every LP bound before it is used
+REL_PAD = 1e-6
+INF = highspy.kHighsInf
+
+Progress = Callable[[str], None]
+
+
+class RelaxationLP:
+    """The triangle relaxation of the first hidden layers as one growing HiGHS model.
+
+    Columns: the inputs x, then per added layer its pre-activations g (for every
+    neuron not proved inactive) and an output h for every neuron not proved stable
+    (an active neuron's output is its g column). ``out_cols[k][j]`` is the column of
+    neuron j's output in layer k, -1 when it is 0.
+    """
+
+    def __init__(self, lo: np.ndarray, hi: np.ndarray) -> None:
+        self.highs = highspy.Highs()
+        self.highs.setOptionValue("output_flag", False)
+        # warm starts after a change of objective beat presolving each solve anew
+        self.highs.setOptionValue("presolve", "off")
+        self.col_lo = np.zeros(0)
+        self.col_hi = np.zeros(0)
+        self.row_lo = np.zeros(0)
+        self.row_hi = np.zeros(0)
+        self._blocks: list[sp.csr_matrix] = []
+        self._matrix: sp.csr_matrix | None = None
+        self.out_cols: list[np.ndarray] = []
+        self.inputs = self._add_cols(np.asarray(lo, float), np.asarray(hi, float))
+        self._cost_cols = np.zeros(0, dtype=np.int32)
+
+    @property
+    def n_cols(self) -> int:
+        return self.col_lo.size
+
+    def _add_cols(self, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+        n = lo.size
+        idx = np.arange(self.n_cols, self.n_cols + n, dtype=np.int32)
+        if n:
+            empty = np.zeros(0, dtype=np.int32)
+            self.highs.addCols(n, np.zeros(n), lo, hi, 0, empty, empty, np.zeros(0))
+        self.col_lo = np.concatenate([self.col_lo, lo])
+        self.col_hi = np.concatenate([self.col_hi, hi])
+        return idx
+
+    def _add_rows(self, triplets: tuple, lo: np.ndarray, hi: np.ndarray) -> None:
+        """Rows lo <= A z <= hi with A given as (values, (rows, columns))."""
+        csr = sp.csr_matrix(triplets, shape=(lo.size, self.n_cols))
+        csr.sort_indices()
+        self.highs.addRows(
+            lo.size,
+            lo,
+            hi,
+            csr.nnz,
+            csr.indptr[:-1].astype(np.int32),
+            csr.indices.astype(np.int32),
+            csr.data.astype(np.float64),
+        )
+        self._blocks.append(csr)
+        self._matrix = None
+        self.row_lo = np.concatenate([self.row_lo, lo])
+        self.row_hi = np.concatenate([self.row_hi, hi])
+
+    def matrix(self) -> sp.csr_matrix:
+        if self._matrix is None:
+            n = self.n_cols
+            blocks = [b if b.shape[1] == n else _widen(b, n) for b in self._blocks]
+            self._matrix = sp.vstack(blocks, format="csr") if blocks else sp.csr_matrix((0, n))
+        return self._matrix
+
+    def previous_outputs(self) -> np.ndarray:
+        return self.out_cols[-1] if self.out_cols else self.inputs
+
+    def add_layer(
+        self, w: np.ndarray, b: np.ndarray, lower: np.ndarray, upper: np.ndarray, fixed: np.ndarray
+    ) -> None:
+        """g = W h_prev + b with g in [lower, upper]; h = relu(g) relaxed as above."""
+        prev = self.previous_outputs()
+        live_in = np.flatnonzero(prev >= 0)
+        inactive = (fixed < 0) | (upper <= 0)
+        active = ~inactive & ((fixed > 0) | (lower >= 0))
+        unstable = ~inactive & ~active
+        live = np.flatnonzero(~inactive)
+        g_lo = np.where(active, np.maximum(lower, 0.0), lower)[live]
+        g_cols = self._add_cols(g_lo, upper[live])
+        # rows g_j - W_j h_prev = b_j
+        sub = w[np.ix_(live, live_in)]
+        r, c = np.nonzero(sub)
+        rows = np.concatenate([np.arange(live.size), r])
+        cols = np.concatenate([g_cols, prev[live_in][c]])
+        vals = np.concatenate([np.ones(live.size), -sub[r, c]])
+        self._add_rows((vals, (rows, cols)), b[live], b[live])
+        out = np.full(w.shape[0], -1, dtype=np.int64)
+        out[live] = g_cols
+        uns = np.flatnonzero(unstable)
+        if uns.size:
+            lo_u, up_u = lower[uns], upper[uns]
+            h_cols = self._add_cols(np.zeros(uns.size), up_u)
+            g_of = out[uns]
+            slope, shift = upper_line(lo_u, up_u)
+            k = np.arange(uns.size)
+            # h - g >= 0 and h - s g <= t
+            rows = np.concatenate([k, k, uns.size + k, uns.size + k])
+            cols = np.concatenate([h_cols, g_of, h_cols, g_of])
+            vals = np.concatenate(
+                [np.ones(uns.size), -np.ones(uns.size), np.ones(uns.size), -slope]
+            )
+            self._add_rows(
+                (vals, (rows, cols)),
+                np.concatenate([np.zeros(uns.size), np.full(uns.size, -INF)]),
+                np.concatenate([np.full(uns.size, INF), shift]),
+            )
+            out[uns] = h_cols
+        self.out_cols.append(out)
+
+    def extreme(
+        self, w_row: np.ndarray, bias: float, maximize: bool, time_limit: float
+    ) -> tuple[float | None, np.ndarray | None]:
+        """Sound bound on max (or min) of w_row . h_prev + bias over the relaxation, and
+        the LP's input point; (None, None) when HiGHS does not report an optimum."""
+        prev = self.previous_outputs()
+        live = np.flatnonzero(prev >= 0)
+        cols = prev[live].astype(np.int32)
+        coef = w_row[live]
+        sign = -1.0 if maximize else 1.0
+        stale = np.setdiff1d(self._cost_cols, cols)
+        if stale.size:
+            self.highs.changeColsCost(stale.size, stale, np.zeros(stale.size))
+        self.highs.changeColsCost(cols.size, cols, sign * coef)
+        self._cost_cols = cols
+        self.highs.setOptionValue("time_limit", max(float(time_limit), 1e-3))
+        self.highs.run()
+        if self.highs.getModelStatus() != highspy.HighsModelStatus.kOptimal:
+            return None, None
+        sol = self.highs.getSolution()
+        cost = np.zeros(self.n_cols)
+        cost[cols] = sign * coef
+        low = self.safe_min(cost, np.asarray(sol.row_dual, dtype=np.float64))
+        if not np.isfinite(low):
+            return None, None
+        x = np.asarray(sol.col_value, dtype=np.float64)[self.inputs]
+        # max = -min(-c.z) + b, min = min(c.z) + b, then the outward pad
+        value = (-low if maximize else low) + bias
+        value += (1 if maximize else -1) * (2 * EPS64 * (abs(low) + abs(bias)) + 1e-300)
+        pad = REL_PAD * (1.0 + abs(value))
+        return (value + pad if maximize else value - pad), x
+
+    def safe_min(self, cost: np.ndarray, y: np.ndarray) -> float:
+        """A rigorous lower bound on min cost.z over the model from the duals y."""
+        a = self.matrix()
+        m, n = a.shape
+        y = np.where(np.isfinite(y), y, 0.0)
+        y = np.where((y > 0) & ~np.isfinite(self.row_lo), 0.0, y)
+        y = np.where((y < 0) & ~np.isfinite(self.row_hi), 0.0, y)
+        side = np.where(y > 0, self.row_lo, np.where(y < 0, self.row_hi, 0.0))
+        side = np.where(np.isfinite(side), side, 0.0)
+        row_terms = y * side
+        r = cost - a.T @ y
+        col_terms = np.minimum(r * self.col_lo, r * self.col_hi)
+        value = row_terms.sum() + col_terms.sum()
+        z_mag = np.maximum(np.abs(self.col_lo), np.abs(self.col_hi))
+        mass = (
+            (np.abs(cost) + abs(a).T @ np.abs(y)) @ z_mag
+            + np.abs(row_terms).sum()
+            + np.abs(col_terms).sum()
+        )
+        return float(value - 2 * (m + n + 4) * EPS64 * mass - 1e-300)
+
+
+def _widen(block: sp.csr_matrix, n: int) -> sp.csr_matrix:
+    return sp.csr_matrix((block.data, block.indices, block.indptr), shape=(block.shape[0], n))
+
+
+def upper_line(lower: np.ndarray, upper: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Slope and shift of a line above relu on [L, U] (L < 0 < U), valid for the
+    stored slope: the shift is the smallest valid at both ends, inflated by 8 eps
+    for the rounding of that formula (as in bounds._relaxation)."""
+    slope = upper / (upper - lower)
+    shift = np.maximum(-slope * lower, upper * (1 - slope)) * (1 + 8 * EPS64)
+    return slope, shift
+
+
+def repropagate(net, box, bounds: LayerBounds, layer: int, method: str, device=None) -> LayerBounds:
+    """Bounds of the layers after ``layer`` recomputed from the (tighter) bounds of the
+    layers up to it: interval arithmetic when ``method`` is interval, else CROWN;
+    intersected with ``bounds``, so never looser."""
+    if layer + 1 >= net.n_hidden:
+        return bounds
+    dev = pick_device(device)
+    with torch.no_grad():
+        if method == "interval":
+            lower, upper = list(bounds.lower), list(bounds.upper)
+            lo = torch.from_numpy(bounds.lower[layer]).to(dev).clamp_min(0.0)
+            hi = torch.from_numpy(bounds.upper[layer]).to(dev).clamp_min(0.0)
+            for k, (w, b) in enumerate(net.tensors(dev)[layer + 1 : -1], start=layer + 1):
+                mid, rad = (hi + lo) / 2, (hi - lo) / 2
+                w_abs = w.abs()
+                center, spread = mid @ w.T + b, rad @ w_abs.T
+                margin = rounding_margin(w_abs, mid.abs() + rad, b)
+                g_lo, g_hi = center - spread - margin, center + spread + margin
+                lower[k], upper[k] = g_lo.cpu().numpy(), g_hi.cpu().numpy()
+                # intersect before going on: the next layer starts from the tightest
+                lower[k] = np.maximum(lower[k], bounds.lower[k])
+                upper[k] = np.minimum(upper[k], bounds.upper[k])
+                lo = torch.from_numpy(lower[k]).to(dev).clamp_min(0.0)
+                hi = torch.from_numpy(upper[k]).to(dev).clamp_min(0.0)
+            return LayerBounds(lower, upper)
+        state = _BackSubstitution(net, box, dev, bounds)
+        for k in range(layer + 1, net.n_hidden):
+            relax = state.relaxations(k)
+            rows = state.target_rows(k).split(ROW_CHUNK)
+            state.tighten(k, torch.cat([state.upper_rows(c, relax) for c in rows]))
+        return bounds.intersect(state.result())
+
+
+def lp_tighten(
+    evidence: NeuronEvidence,
+    bounds: LayerBounds,
+    method: str = "crown",
+    deadline: float = float("inf"),
+    device=None,
+    progress: Progress | None = None,
+) -> tuple[LayerBounds, dict]:
+    """Tighten the open neurons' bounds by LP, proving those whose bound excludes a side.
+
+    Returns the new bounds (never looser than ``bounds``) and counts of what was done.
+    Layer 1's bounds are already exact up to rounding, so its neurons are not solved.
+    """
+    say = progress or (lambda _msg: None)
+    net, box = evidence.net, evidence.box
+    lower = [v.copy() for v in bounds.lower]
+    upper = [v.copy() for v in bounds.upper]
+    stats = {"solves": 0, "proved": 0, "refuted": 0, "tightened": 0}
+    has_open = [
+        evidence.open_inactive(k).size + evidence.open_active(k).size > 0
+        for k in range(net.n_hidden)
+    ]
+    last = max((k for k, o in enumerate(has_open) if o), default=0)
+    if last == 0:
+        return LayerBounds(lower, upper), stats
+    lp = RelaxationLP(box.lo, box.hi)
+    fixed = evidence.fixed_states()
+    lp.add_layer(net.weights[0], net.biases[0], lower[0], upper[0], fixed[0])
+    for layer in range(1, last + 1):
+        w, b = net.weights[layer], net.biases[layer]
+        changed = False
+        jobs = [(int(j), True) for j in evidence.open_inactive(layer)]
+        jobs += [(int(j), False) for j in evidence.open_active(layer)]
+        for j, maximize in sorted(jobs):
+            if time.monotonic() >= deadline:
+                say("  lp: time limit, the MILP gets the bounds found so far")
+                return LayerBounds(lower, upper), stats
+            seen = evidence.seen_pos if maximize else evidence.seen_neg
+            if seen[layer][j] or evidence.settled(layer)[j]:
+                continue
+            value, x = lp.extreme(w[j], float(b[j]), maximize, deadline - time.monotonic())
+            stats["solves"] += 1
+            if value is None:
+                continue
+            stats["refuted"] += evidence.observe(x, STAGE)
+            if maximize and value < upper[layer][j]:
+                upper[layer][j] = value
+                stats["tightened"] += 1
+                changed = True
+            elif not maximize and value > lower[layer][j]:
+                lower[layer][j] = value
+                stats["tightened"] += 1
+                changed = True
+            if maximize and value < 0:
+                evidence.prove(layer, [j], active=False, stage=STAGE)
+                stats["proved"] += 1
+            elif not maximize and value > 0:
+                evidence.prove(layer, [j], active=True, stage=STAGE)
+                stats["proved"] += 1
+        if changed:
+            new = repropagate(net, box, LayerBounds(lower, upper), layer, method, device)
+            lower, upper = new.lower, new.upper
+            for k in range(layer + 1, net.n_hidden):
+                before = int(evidence.settled(k).sum())
+                evidence.prove(k, np.flatnonzero(upper[k] <= 0), active=False, stage=STAGE)
+                pa = (lower[k] >= 0) & ~(upper[k] <= 0)
+                evidence.prove(k, np.flatnonzero(pa), active=True, stage=STAGE)
+                stats["proved"] += int(evidence.settled(k).sum()) - before
+        if layer < last:
+            fixed = evidence.fixed_states()
+            lp.add_layer(w, b, lower[layer], upper[layer], fixed[layer])
+    say(
+        f"  lp: {stats['solves']} solves, {stats['proved']} proved, "
+        f"{stats['refuted']} refuted, {stats['tightened']} bounds tightened"
+    )
+    return LayerBounds(lower, upper), stats
