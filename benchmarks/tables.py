@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 SETTINGS = ("config", "formulation", "solver")
-_ORDER = {"full": 0, "paper": 1, "network": 0, "neuron": 1, "highs": 0, "gurobi": 1}
+_ORDER = {"full": 0, "full-lp": 1, "paper": 2, "network": 0, "neuron": 1, "highs": 0, "gurobi": 1}
 
 Row = dict
 
@@ -168,8 +168,9 @@ def ratio_table(rows: Sequence[Row]) -> list[str]:
         columns += [
             (f"neuron/network ({c})", "formulation", "neuron", "network", c) for c in configs
         ]
-    if {"full", "paper"} <= set(configs):
-        columns += [(f"full/paper ({f})", "config", "full", "paper", f) for f in forms]
+    for full in [c for c in configs if c.startswith("full")]:
+        if "paper" in configs:
+            columns += [(f"{full}/paper ({f})", "config", full, "paper", f) for f in forms]
     if not columns:
         return []
     body = []
@@ -190,6 +191,61 @@ def ratio_table(rows: Sequence[Row]) -> list[str]:
         "their ratio is only timing noise.",
         "",
         *_table(["model", *(c[0] for c in columns)], body, "l" + "r" * len(columns)),
+    ]
+
+
+#: issue targets: median speed-up where the paper's configuration is slow, worst slow-down
+SLOW_PAPER_S, TARGET_SPEEDUP, TARGET_WORST = 10.0, 10.0, 1.5
+
+
+def pipeline_target(rows: Sequence[Row]) -> list[str]:
+    """Full pipeline against the paper's configuration, per formulation and solver: the
+    median speed-up over the models where the paper's run takes more than 10 s, and the
+    worst ratio over all models."""
+    ok = _ok(rows)
+    lines = []
+    for config in [c for c in _values(ok, "config") if c.startswith("full")]:
+        for form in _values(ok, "formulation"):
+            for solver in _values(ok, "solver"):
+                runs = [r for r in ok if r["formulation"] == form and r["solver"] == solver]
+                paper = {r["model"]: r for r in runs if r["config"] == "paper"}
+                full = {r["model"]: r for r in runs if r["config"] == config}
+                both = [m for m in full if m in paper and _f(full[m], "seconds")]
+                if not both:
+                    continue
+                ratios = {m: _f(paper[m], "seconds") / _f(full[m], "seconds") for m in both}
+                slow = [m for m in both if _f(paper[m], "seconds") > SLOW_PAPER_S]
+                worst = min(ratios, key=ratios.get)
+                median = statistics.median(ratios[m] for m in slow) if slow else None
+                lines.append(
+                    [
+                        f"{config}/{form}/{solver}",
+                        str(len(slow)),
+                        "–" if median is None else f"{median:.1f}x",
+                        f"{1 / ratios[worst]:.2f} ({worst})",
+                        "yes"
+                        if median is not None
+                        and median >= TARGET_SPEEDUP
+                        and 1 / ratios[worst] <= TARGET_WORST
+                        else "no",
+                    ]
+                )
+    if not lines:
+        return []
+    return [
+        "## Full pipeline against the paper's configuration",
+        "",
+        f"Speed-up = paper seconds / full seconds, same solver and formulation, same run. "
+        f"Target: median speed-up >= {TARGET_SPEEDUP:g}x over the models where the paper's "
+        f"configuration takes more than {SLOW_PAPER_S:g} s, and no model more than "
+        f"{TARGET_WORST:g}x slower (full/paper <= {TARGET_WORST:g}). A `*`-marked run in "
+        "the tables below hit the time limit, so its seconds are a lower bound.",
+        "",
+        *_table(
+            ["setting", "models > 10 s", "median speed-up", "worst full/paper", "target met"],
+            lines,
+            "lrrll",
+        ),
     ]
 
 
@@ -238,7 +294,8 @@ def runs_table(rows: Sequence[Row]) -> list[str]:
             body.append([r["model"], r["config"], r["formulation"], r["solver"], short] + [""] * 10)
             continue
         stages = " / ".join(
-            f"{_f(r, f'seconds_{s}') or 0:.1f}" for s in ("bounds", "refute", "witness", "milp")
+            f"{_f(r, f'seconds_{s}') or 0:.1f}"
+            for s in ("bounds", "refute", "witness", "lp", "milp")
         )
         acc = f"{_pct(r, 'acc_before')} → {_pct(r, 'acc_after')}" if r.get("acc_before") else "–"
         body.append(
@@ -267,7 +324,7 @@ def runs_table(rows: Sequence[Row]) -> list[str]:
         "solver",
         "result",
         "s",
-        "s bounds/refute/witness/milp",
+        "s bounds/refute/witness/lp/milp",
         "active",
         "inactive",
         "unstable",
@@ -338,6 +395,7 @@ def models_table(rows: Sequence[Row]) -> list[str]:
 def all_tables(rows: Sequence[Row]) -> list[str]:
     return (
         compression_table(rows)
+        + pipeline_target(rows)
         + ratio_table(rows)
         + solver_table(rows)
         + times_table(rows)
