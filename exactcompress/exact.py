@@ -111,9 +111,11 @@ def run_network_strategy(
     open_solver: AdapterFactory,
     deadline: float,
     progress: Progress,
+    mine: bool = True,
 ) -> dict:
     """ISA: maximise the number of flipped candidates, drop refuted ones, re-solve
-    until the proven bound says none can flip."""
+    until the proven bound says none can flip. ``mine=False`` keeps the paper's
+    refutation: forward passes of the solutions only, no gradient search from them."""
     cands = open_candidates(evidence)
     stats = {"candidates": len(cands), "solves": 0, "binaries": 0}
     if not cands:
@@ -127,7 +129,7 @@ def run_network_strategy(
     refuted_in_solve: list[Candidate] = []
     # Gurobi drops refuted indicators inside one solve (lazy constraints); a solver that
     # restarts for them gets fewer restarts when each solution refutes more
-    mine = None if solver.lazy_constraints else Miner(evidence)
+    mine = None if solver.lazy_constraints or not mine else Miner(evidence)
 
     def drop_refuted() -> list[Candidate]:
         gone = [c for c in alive if is_refuted(evidence, c)]
@@ -265,5 +267,12 @@ def run_exact_stage(
     open_solver: AdapterFactory,
     deadline: float,
     progress: Progress,
+    mine: bool = True,
 ) -> dict:
+    """Run the formulation's strategy; ``mine`` lets the network strategy search for
+    witnesses from the solver's solutions (the neuron strategy stops at the first)."""
+    if spec.strategy == "network":
+        return run_network_strategy(
+            evidence, spec, bounds, open_solver, deadline, progress, mine=mine
+        )
     return STRATEGIES[spec.strategy](evidence, spec, bounds, open_solver, deadline, progress)

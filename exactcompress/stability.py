@@ -115,7 +115,9 @@ def find_stable_neurons(
             say(f"{name:8s} {seconds[name]:7.2f} s   {_summary(evidence)}")
         candidates = _milp_candidates(evidence, bounds)
         t0 = time.monotonic()
-        milp_stats = run_exact_stage(evidence, spec, bounds, open_solver, deadline, say)
+        milp_stats = run_exact_stage(
+            evidence, spec, bounds, open_solver, deadline, say, mine=options.witness_search
+        )
         seconds["milp"] = time.monotonic() - t0
         say(f"{'milp':8s} {seconds['milp']:7.2f} s   {_summary(evidence)}")
     except KeyboardInterrupt:

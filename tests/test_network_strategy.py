@@ -7,21 +7,28 @@ import numpy as np
 import pytest
 from oracle import forward_pre, milp_states, random_net
 
-from exactcompress import Box, ReLUNetwork, StabilityOptions, find_stable_neurons
+from exactcompress import Box, ReLUNetwork, StabilityOptions, find_stable_neurons, stability
 from exactcompress.exact import Miner
 from exactcompress.report import NeuronEvidence
 
+SLOW = pytest.mark.slow  # 7-19 s each: the two quickest seeds run by default
 
-@pytest.mark.parametrize("seed", range(4))
-def test_paper_network_on_highs_matches_per_neuron_milp(seed):
+
+@pytest.mark.parametrize("mine", [True, False], ids=["mining", "paper"])
+@pytest.mark.parametrize("seed", [0, 3, pytest.param(1, marks=SLOW), pytest.param(2, marks=SLOW)])
+def test_paper_network_on_highs_matches_per_neuron_milp(seed, mine, monkeypatch):
+    """Data-only refutation, then the MILP; with mining, the gradient search runs only
+    from the MILP's solutions (the pipeline's own witness stage is switched off)."""
     rng = np.random.default_rng(20 + seed)
     w, b = random_net(rng, [6, 16, 16, 16, 3], bias_shift=-0.3)
     box = Box.uniform(6)
     truth = milp_states(w, b, box.lo, box.hi)
     data = rng.uniform(size=(30, 6))
-    options = StabilityOptions.paper(formulation="network", solver="highs")
+    options = StabilityOptions.paper(formulation="network", solver="highs", witness_search=mine)
+    monkeypatch.setattr(stability, "_witness_stage", lambda *args: None)
     report = find_stable_neurons(ReLUNetwork(w, b), box, data, options)
     assert report.complete
+    assert report.extra["milp"]["candidates"] > 0
     for layer, (got, want) in enumerate(zip(report.states, truth)):
         for j, (g, t) in enumerate(zip(got, want)):
             if t != "ambiguous":
