@@ -115,3 +115,26 @@ def test_demo_runs_and_reports(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "Parameters:" in out and "verify: equivalent" in out
     assert (tmp_path / "demo" / "compressed.pt").exists()
+
+
+@pytest.mark.gurobi
+def test_gurobi_licence_size_on_the_command_line(tmp_path, capsys):
+    """Over 2000 variables: --solver gurobi names the sizes and --solver highs; auto
+    falls back to HiGHS and says why."""
+    from exactcompress import solvers
+
+    licence = solvers.gurobi_licence()
+    if licence.problem or licence.limit != solvers.GUROBI_LIMITED_SIZE:
+        pytest.skip("needs gurobipy with the size-limited licence")
+    rng = np.random.default_rng(1)
+    w, b = random_net(rng, [2500, 6, 2], bias_shift=-0.2)
+    path = tmp_path / "wide.pt"
+    save_model(path, ReLUNetwork(w, b), {})
+    line = run_error(capsys, ["stability", str(path), "--paper", "--solver", "gurobi"])
+    assert "2000" in line and "--solver highs" in line and "variables" in line
+
+    out_json = tmp_path / "s.json"
+    assert main(["stability", str(path), "--paper", "--json", str(out_json)]) == 0
+    said = capsys.readouterr()
+    assert "solver: highs (" in said.out + said.err
+    assert json.loads(out_json.read_text())["solver"] == "highs"
