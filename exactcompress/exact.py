@@ -78,8 +78,9 @@ class Miner:
     forward-passed like any other, so witnesses stay float64 forward passes.
     """
 
-    def __init__(self, evidence: NeuronEvidence) -> None:
+    def __init__(self, evidence: NeuronEvidence, device: str | None = None) -> None:
         self.evidence = evidence
+        self.device = device
         self.pool: list[np.ndarray] = []
 
     def __call__(self, x: np.ndarray, targets: list[Candidate]) -> None:
@@ -100,6 +101,7 @@ class Miner:
             [np.array(p, dtype=int) for p in pos],
             [np.array(q, dtype=int) for q in neg],
             np.array(self.pool),
+            device=self.device,
         )
         self.evidence.observe(found, STAGE)
 
@@ -112,6 +114,7 @@ def run_network_strategy(
     deadline: float,
     progress: Progress,
     mine: bool = True,
+    device: str | None = None,
 ) -> dict:
     """ISA: maximise the number of flipped candidates, drop refuted ones, re-solve
     until the proven bound says none can flip. ``mine=False`` keeps the paper's
@@ -129,7 +132,7 @@ def run_network_strategy(
     refuted_in_solve: list[Candidate] = []
     # Gurobi drops refuted indicators inside one solve (lazy constraints); a solver that
     # restarts for them gets fewer restarts when each solution refutes more
-    mine = None if solver.lazy_constraints or not mine else Miner(evidence)
+    mine = None if solver.lazy_constraints or not mine else Miner(evidence, device)
 
     def drop_refuted() -> list[Candidate]:
         gone = [c for c in alive if is_refuted(evidence, c)]
@@ -268,11 +271,13 @@ def run_exact_stage(
     deadline: float,
     progress: Progress,
     mine: bool = True,
+    device: str | None = None,
 ) -> dict:
     """Run the formulation's strategy; ``mine`` lets the network strategy search for
-    witnesses from the solver's solutions (the neuron strategy stops at the first)."""
+    witnesses from the solver's solutions on torch ``device`` (the neuron strategy
+    stops at the first)."""
     if spec.strategy == "network":
         return run_network_strategy(
-            evidence, spec, bounds, open_solver, deadline, progress, mine=mine
+            evidence, spec, bounds, open_solver, deadline, progress, mine=mine, device=device
         )
     return STRATEGIES[spec.strategy](evidence, spec, bounds, open_solver, deadline, progress)

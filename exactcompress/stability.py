@@ -116,7 +116,14 @@ def find_stable_neurons(
         candidates = _milp_candidates(evidence, bounds)
         t0 = time.monotonic()
         milp_stats = run_exact_stage(
-            evidence, spec, bounds, open_solver, deadline, say, mine=options.witness_search
+            evidence,
+            spec,
+            bounds,
+            open_solver,
+            deadline,
+            say,
+            mine=options.witness_search,
+            device=options.device,
         )
         seconds["milp"] = time.monotonic() - t0
         say(f"{'milp':8s} {seconds['milp']:7.2f} s   {_summary(evidence)}")
