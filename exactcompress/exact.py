@@ -132,7 +132,7 @@ def run_network_strategy(
     refuted_in_solve: list[Candidate] = []
     # Gurobi drops refuted indicators inside one solve (lazy constraints); a solver that
     # restarts for them gets fewer restarts when each solution refutes more
-    mine = None if solver.lazy_constraints or not mine else Miner(evidence, device)
+    miner = None if solver.lazy_constraints or not mine else Miner(evidence, device)
 
     def drop_refuted() -> list[Candidate]:
         gone = [c for c in alive if is_refuted(evidence, c)]
@@ -143,8 +143,8 @@ def run_network_strategy(
 
     def on_solution(x: np.ndarray, _objective: float) -> Reaction:
         evidence.observe(x, STAGE)
-        if mine is not None:
-            mine(x, [c for c in alive if not is_refuted(evidence, c)])
+        if miner is not None:
+            miner(x, [c for c in alive if not is_refuted(evidence, c)])
         gone = drop_refuted()
         return Reaction(zero=[handle.z[c] for c in gone])
 
