@@ -138,3 +138,40 @@ def test_gurobi_licence_size_on_the_command_line(tmp_path, capsys):
     said = capsys.readouterr()
     assert "solver: highs (" in said.out + said.err
     assert json.loads(out_json.read_text())["solver"] == "highs"
+
+
+def test_ctrl_c_in_the_milp_keeps_what_was_decided(tmp_path, monkeypatch, capsys):
+    """Interrupted during the exact stage: exit 130, an incomplete stability.json with
+    the neurons decided before, undecided ones kept, and a compressed model that is
+    still exact (checked here by forward passes, not by the package's verify)."""
+    from exactcompress import stability
+    from exactcompress.io import load_network
+
+    def interrupt(evidence, *args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(stability, "run_exact_stage", interrupt)
+    rng = np.random.default_rng(3)
+    w, b = random_net(rng, [5, 16, 16, 3], bias_shift=-0.3)
+    model = tmp_path / "m.pt"
+    save_model(model, ReLUNetwork(w, b), {})
+    out = tmp_path / "out"
+    assert main(["compress", str(model), "--paper", "--solver", "highs", "-o", str(out)]) == 130
+    data = json.loads((out / "stability.json").read_text())
+    assert data["interrupted"] is True and data["complete"] is False
+    undecided = sum(len(layer["undecided"]) for layer in data["layers"])
+    decided = sum(
+        len(layer[k]) for layer in data["layers"] for k in ("unstable", "stably_inactive")
+    )
+    assert undecided > 0 and decided > 0
+    assert "interrupted" in (out / "report.md").read_text()
+    small = load_network(str(out / "compressed.pt"))
+    x = rng.uniform(size=(20_000, 5))
+    h = x
+    for k, (wk, bk) in enumerate(zip(w, b)):
+        h = h @ wk.T + bk
+        if k < len(w) - 1:
+            h = np.maximum(h, 0)
+    assert np.abs(small.forward(x) - h).max() <= 1e-9 * max(1.0, np.abs(h).max())
+    hidden_kept = sum(small.hidden_widths)
+    assert hidden_kept >= undecided + sum(len(layer["unstable"]) for layer in data["layers"])
