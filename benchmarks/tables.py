@@ -9,6 +9,7 @@ time is only a lower bound of what completing it would take.
 
 from __future__ import annotations
 
+import itertools
 import statistics
 from collections.abc import Sequence
 from pathlib import Path
@@ -212,28 +213,31 @@ def pipeline_target(rows: Sequence[Row]) -> list[str]:
     worst ratio over all models."""
     ok = _ok(rows)
     lines = []
-    for config in [c for c in _values(ok, "config") if c.startswith("full")]:
-        for form in _values(ok, "formulation"):
-            for solver in _values(ok, "solver"):
-                runs = [r for r in ok if r["formulation"] == form and r["solver"] == solver]
-                paper = {r["model"]: r for r in runs if r["config"] == "paper"}
-                full = {r["model"]: r for r in runs if r["config"] == config}
-                both = [m for m in full if m in paper and _f(full[m], "seconds")]
-                if not both:
-                    continue
-                ratios = {m: _f(paper[m], "seconds") / _f(full[m], "seconds") for m in both}
-                slow = [m for m in both if _f(paper[m], "seconds") > SLOW_PAPER_S]
-                worst = min(ratios, key=ratios.get)
-                median = statistics.median(ratios[m] for m in slow) if slow else None
-                lines.append(
-                    [
-                        f"{config}/{form}/{solver}",
-                        str(len(slow)),
-                        "–" if median is None else f"{median:.1f}x",
-                        f"{1 / ratios[worst]:.2f} ({worst})",
-                        _target_met(median, 1 / ratios[worst]),
-                    ]
-                )
+    settings = itertools.product(
+        [c for c in _values(ok, "config") if c.startswith("full")],
+        _values(ok, "formulation"),
+        _values(ok, "solver"),
+    )
+    for config, form, solver in settings:
+        runs = [r for r in ok if r["formulation"] == form and r["solver"] == solver]
+        paper = {r["model"]: r for r in runs if r["config"] == "paper"}
+        full = {r["model"]: r for r in runs if r["config"] == config}
+        both = [m for m in full if m in paper and _f(full[m], "seconds")]
+        if not both:
+            continue
+        ratios = {m: _f(paper[m], "seconds") / _f(full[m], "seconds") for m in both}
+        slow = [m for m in both if _f(paper[m], "seconds") > SLOW_PAPER_S]
+        worst = min(ratios, key=ratios.get)
+        median = statistics.median(ratios[m] for m in slow) if slow else None
+        lines.append(
+            [
+                f"{config}/{form}/{solver}",
+                str(len(slow)),
+                "–" if median is None else f"{median:.1f}x",
+                f"{1 / ratios[worst]:.2f} ({worst})",
+                _target_met(median, 1 / ratios[worst]),
+            ]
+        )
     if not lines:
         return []
     return [

@@ -14,7 +14,7 @@ import numpy as np
 from .bench_cli import add_bench_parser, cmd_bench
 from .domain import Box
 from .errors import ExactCompressError
-from .stability import StabilityOptions
+from .stability import TIGHTEN, StabilityOptions
 
 
 def say(msg: str) -> None:
@@ -41,7 +41,7 @@ def add_stability_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--tighten",
         default="none",
-        choices=["none", "lp"],
+        choices=TIGHTEN,
         help="lp: tighten the open neurons' bounds by LP (HiGHS) before the MILP",
     )
     p.add_argument(

@@ -192,8 +192,12 @@ def run_neuron_strategy(
     open_solver: AdapterFactory,
     deadline: float,
     progress: Progress,
+    mine: bool = True,
+    device: str | None = None,
 ) -> dict:
-    """LEO: per candidate, maximise g (or -g) and stop once the sign is settled."""
+    """LEO: per candidate, maximise g (or -g) and stop once the sign is settled.
+    ``mine`` and ``device`` are accepted for a common signature and unused: each solve
+    stops at the first solution that settles its candidate, so there is little to mine."""
     cands = open_candidates(evidence)
     stats = {"candidates": len(cands), "solves": 0, "binaries": 0}
     if not cands:
@@ -273,11 +277,7 @@ def run_exact_stage(
     mine: bool = True,
     device: str | None = None,
 ) -> dict:
-    """Run the formulation's strategy; ``mine`` lets the network strategy search for
-    witnesses from the solver's solutions on torch ``device`` (the neuron strategy
-    stops at the first)."""
-    if spec.strategy == "network":
-        return run_network_strategy(
-            evidence, spec, bounds, open_solver, deadline, progress, mine=mine, device=device
-        )
-    return STRATEGIES[spec.strategy](evidence, spec, bounds, open_solver, deadline, progress)
+    """Run the formulation's strategy; ``mine`` lets it search for witnesses from the
+    solver's solutions on torch ``device``."""
+    strategy = STRATEGIES[spec.strategy]
+    return strategy(evidence, spec, bounds, open_solver, deadline, progress, mine, device)
