@@ -10,13 +10,13 @@ import numpy as np
 from torch import nn
 
 from .domain import Box
-from .io import load_network, save_model, write_atomic
+from .io import load_network, make_dir, save_model, write_atomic
 from .network import ReLUNetwork
 from .prune import CompressionSummary
 from .prune import compress as prune_network
 from .report import StabilityReport
 from .stability import StabilityOptions, find_stable_neurons
-from .verify import VerifyResult, verify
+from .verify import VerifyResult, verify, witness_points
 
 
 @dataclass
@@ -44,7 +44,7 @@ class CompressionResult:
 
     def save(self, outdir: str | os.PathLike, source: str = "") -> None:
         """OUTDIR/{stability.json, compressed.pt, report.md}, each written atomically."""
-        os.makedirs(outdir, exist_ok=True)
+        make_dir(outdir)
         self.report.save(os.path.join(outdir, "stability.json"))
         save_model(
             os.path.join(outdir, "compressed.pt"),
@@ -65,8 +65,8 @@ def compress(
     net = model if isinstance(model, ReLUNetwork) else load_network(model)
     box = box or Box.uniform(net.widths[0])
     report = find_stable_neurons(net, box, data, options, progress)
-    compressed, summary = prune_network(net, report.states)
-    check = verify(net, compressed, box, data=data)
+    compressed, summary = prune_network(net, report.states, box=box)
+    check = verify(net, compressed, box, data=data, witnesses=witness_points(report))
     return CompressionResult(net, compressed, report, summary, check)
 
 
@@ -132,6 +132,11 @@ def render_report(result: CompressionResult, source: str = "") -> str:
         "## Layers",
         "",
         summ.to_markdown(),
+        "",
+        "The fold error bound is a sound bound over the whole domain on how much folding "
+        "a layer's dependent active neurons changes the next layer's pre-activations "
+        "(relative: divided by their size |W| |h| + |b|); a row whose bound was not "
+        'negligible is kept ("kept").',
         "",
         "## Stages",
         "",

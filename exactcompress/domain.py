@@ -93,8 +93,14 @@ class Box:
 
     @classmethod
     def from_json(cls, d: dict, n: int) -> Box:
-        if d.get("kind") != "box":
-            raise ExactCompressError(f"unsupported domain kind {d.get('kind')!r}")
-        lo = np.broadcast_to(np.asarray(d["lo"], dtype=np.float64), (n,))
-        hi = np.broadcast_to(np.asarray(d["hi"], dtype=np.float64), (n,))
+        if not isinstance(d, dict) or d.get("kind") != "box":
+            kind = d.get("kind") if isinstance(d, dict) else d
+            raise ExactCompressError(f"unsupported domain kind {kind!r}")
+        try:
+            lo = np.broadcast_to(np.asarray(d["lo"], dtype=np.float64), (n,))
+            hi = np.broadcast_to(np.asarray(d["hi"], dtype=np.float64), (n,))
+        except (KeyError, TypeError, ValueError) as err:
+            raise ExactCompressError(
+                f"domain {d} is not a box of {n} features: {type(err).__name__} {err}"
+            ) from None
         return cls(lo.copy(), hi.copy())

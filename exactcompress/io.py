@@ -60,6 +60,14 @@ def write_atomic(path: str | os.PathLike, data: bytes) -> None:
         raise ExactCompressError(f"cannot write {path}: {err.strerror or err}") from None
 
 
+def make_dir(path: str | os.PathLike) -> None:
+    """os.makedirs, failing with one line that names the folder instead of a traceback."""
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as err:
+        raise ExactCompressError(f"cannot create folder {path}: {err.strerror or err}") from None
+
+
 def save_torch_atomic(path: str | os.PathLike, obj: Any) -> None:
     """torch.save, but an interrupted save never leaves a truncated file behind."""
     buf = io.BytesIO()

@@ -5,7 +5,11 @@ domain D unchanged, given that the states are true on D:
 
 - a stably inactive neuron always outputs 0: drop it;
 - stably active neurons are linear on D, so those whose weight rows depend linearly
-  on other active rows are folded into the next layer;
+  on other active rows are folded into the next layer, but only when a sound bound
+  on what the fold changes over D (interval arithmetic on the layer's input box,
+  rounding included) is negligible next to the outputs it feeds: a row that the
+  rank test calls dependent but is not (a tiny residual times a huge outgoing
+  weight) is kept instead;
 - a layer left with only active neurons is affine on D and is merged into the next
   layer when that does not add parameters (an empty layer always is);
 - finally, a neuron whose outgoing weights are all exactly zero is dropped, which is
@@ -22,9 +26,15 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import scipy.linalg
 
+from .bounds import EPS64, interval_bounds
+from .domain import Box
 from .errors import ExactCompressError
 from .network import ReLUNetwork
 from .report import ACTIVE, INACTIVE, STATES
+
+#: a fold must change every pre-activation it feeds by at most this fraction of that
+#: pre-activation's size over the domain (|W| |h| + |b|, the scale of its own rounding)
+FOLD_RTOL = 1e-11
 
 
 @dataclass
@@ -39,6 +49,9 @@ class LayerSummary:
     after: int
     merged: bool
     fold_residual: float
+    fold_bound: float = 0.0
+    fold_bound_rel: float = 0.0
+    fold_refused: int = 0
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -49,8 +62,11 @@ class CompressionSummary:
     """Per-layer and overall effect of `compress`.
 
     ``fold_residual`` is the largest norm of (dependent active row - its combination
-    of basis rows): the only approximation the transforms make, bounded by the rank
-    tolerance.
+    of basis rows): the only approximation the transforms make. ``fold_bound`` is a
+    sound bound, over the whole domain, on how much the folds of a layer change the
+    pre-activations of the next layer (``fold_bound_rel``: the same divided by their
+    size), and ``fold_refused`` counts rows the rank test called dependent that were
+    kept because that bound was not negligible.
     """
 
     layers: list[LayerSummary]
@@ -76,13 +92,15 @@ class CompressionSummary:
 
     def to_markdown(self) -> str:
         rows = [
-            "| layer | before | inactive removed | active folded | dead removed | after | merged |",
-            "|---:|---:|---:|---:|---:|---:|:---:|",
+            "| layer | before | inactive removed | active folded | dead removed | after | merged "
+            "| fold error bound (rel) |",
+            "|---:|---:|---:|---:|---:|---:|:---:|---|",
         ]
         for s in self.layers:
             rows.append(
                 f"| {s.layer} | {s.before} | {s.inactive_removed} | {s.active_folded} "
-                f"| {s.dead_removed} | {s.after} | {'yes' if s.merged else ''} |"
+                f"| {s.dead_removed} | {s.after} | {'yes' if s.merged else ''} "
+                f"| {_fold_cell(s)} |"
             )
         share = self.parameters_after / max(1, self.parameters_before)
         rows.append("")
@@ -94,31 +112,45 @@ class CompressionSummary:
         return "\n".join(rows)
 
 
+def _fold_cell(s: LayerSummary) -> str:
+    if not s.active_folded and not s.fold_refused:
+        return ""
+    cell = f"{s.fold_bound:.2g} ({s.fold_bound_rel:.2g})"
+    return cell + (f", {s.fold_refused} kept" if s.fold_refused else "")
+
+
 def compress(
-    net: ReLUNetwork, states: list[np.ndarray], rank_rtol: float = 1e-9
+    net: ReLUNetwork,
+    states: list[np.ndarray],
+    rank_rtol: float = 1e-9,
+    box: Box | None = None,
+    fold_rtol: float = FOLD_RTOL,
 ) -> tuple[ReLUNetwork, CompressionSummary]:
     """Smaller network computing the same function as ``net`` on the domain of ``states``.
 
-    ``states[l][j]`` is the state name (report.STATES) of neuron j of hidden layer l.
-    ``rank_rtol``: an active row counts as linearly dependent on the others when the
-    pivoted-QR diagonal falls below ``rank_rtol`` times the largest one.
+    ``states[l][j]`` is the state name (report.STATES) of neuron j of hidden layer l,
+    true on the domain ``box`` (default [0, 1]^n, the package's default domain).
+    ``rank_rtol``: an active row is a candidate for folding when the pivoted-QR
+    diagonal falls below ``rank_rtol`` times the largest one; it is folded only when
+    the proved change of the next layer stays below ``fold_rtol`` of its size.
     """
     states = _checked_states(net, states)
+    box = box if box is not None else Box.uniform(net.widths[0])
+    box.check_dim(net.widths[0])
     ws = [w.copy() for w in net.weights]
     bs = [b.copy() for b in net.biases]
     origin: list[int] = []  # original hidden layer of each hidden layer kept in ws
     summaries = []
     for layer, s in enumerate(states):
         i = len(origin)  # position of this layer in ws: the kept layers come first
-        n_inactive, n_folded, residual, affine = _reduce_layer(ws, bs, i, s, rank_rtol)
-        merged = affine and _merge_pays(ws[i], ws[i + 1])
-        if merged:
+        summary = LayerSummary(layer + 1, s.size, 0, 0, 0, 0, False, 0.0)
+        affine = _reduce_layer(ws, bs, i, s, box, rank_rtol, fold_rtol, summary)
+        summary.merged = affine and _merge_pays(ws[i], ws[i + 1])
+        if summary.merged:
             _merge_into_next(ws, bs, i)
         else:
             origin.append(layer)
-        summaries.append(
-            LayerSummary(layer + 1, s.size, n_inactive, n_folded, 0, 0, merged, residual)
-        )
+        summaries.append(summary)
     _drop_dead_neurons(ws, bs, origin, summaries)
     out = ReLUNetwork(ws, bs)
     for pos, layer in enumerate(origin):
@@ -156,24 +188,125 @@ def _checked_states(net: ReLUNetwork, states: list[np.ndarray]) -> list[np.ndarr
 
 
 def _reduce_layer(
-    ws: list[np.ndarray], bs: list[np.ndarray], i: int, s: np.ndarray, rank_rtol: float
-) -> tuple[int, int, float, bool]:
-    """Drop the inactive neurons of layer i and fold its dependent active ones into i+1.
-
-    Returns (inactive removed, active folded, fold residual, layer is now affine on D).
-    """
+    ws: list[np.ndarray],
+    bs: list[np.ndarray],
+    i: int,
+    s: np.ndarray,
+    box: Box,
+    rank_rtol: float,
+    fold_rtol: float,
+    summary: LayerSummary,
+) -> bool:
+    """Drop the inactive neurons of layer i and fold its dependent active ones into i+1,
+    filling in ``summary``; returns whether the layer is now affine on D."""
     inactive = s == INACTIVE
     _drop_neurons(ws, bs, i, inactive)
     s = s[~inactive]
     active = np.flatnonzero(s == ACTIVE)
     basis, dependent, coef, residual = _active_basis(ws[i][active], rank_rtol)
     basis, dependent = active[basis], active[dependent]
-    _fold(ws, bs, i, basis, dependent, coef)
+    chosen = np.zeros(0, dtype=int)
+    if dependent.size:
+        h_mag, out_size = _magnitudes(ws, bs, i, box)
+        chosen, bound = _safe_folds(ws, bs, i, basis, dependent, coef, h_mag, out_size, fold_rtol)
+        summary.fold_bound = float(bound.max(initial=0.0))
+        summary.fold_bound_rel = float((bound / np.maximum(out_size, 1e-300)).max(initial=0.0))
     folded = np.zeros(s.size, dtype=bool)
-    folded[dependent] = True
+    folded[dependent[chosen]] = True
     _drop_neurons(ws, bs, i, folded)
-    affine = bool((s[~folded] == ACTIVE).all())
-    return int(inactive.sum()), int(dependent.size), residual, affine
+    summary.inactive_removed = int(inactive.sum())
+    summary.active_folded = int(chosen.size)
+    summary.fold_refused = int(dependent.size - chosen.size)
+    summary.fold_residual = residual
+    return bool((s[~folded] == ACTIVE).all())
+
+
+def _magnitudes(
+    ws: list[np.ndarray], bs: list[np.ndarray], i: int, box: Box
+) -> tuple[np.ndarray, np.ndarray]:
+    """(bound on |h_{i-1}| over D, size |W_{i+1}| |h_i| + |b_{i+1}| of each next
+    pre-activation), by sound interval arithmetic on the network kept so far."""
+    prefix = ReLUNetwork(ws[: i + 2], bs[: i + 2])
+    bounds = interval_bounds(prefix, box, device="cpu")
+    h_mag = [np.maximum(np.abs(box.lo), np.abs(box.hi))]
+    h_mag += [np.maximum(u, 0.0) for u in bounds.upper]
+    return h_mag[i], np.abs(ws[i + 1]) @ h_mag[i + 1] + np.abs(bs[i + 1])
+
+
+def _safe_folds(
+    ws: list[np.ndarray],
+    bs: list[np.ndarray],
+    i: int,
+    basis: np.ndarray,
+    dependent: np.ndarray,
+    coef: np.ndarray,
+    h_mag: np.ndarray,
+    out_size: np.ndarray,
+    fold_rtol: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Fold the dependent rows whose combined proved error stays within tolerance.
+
+    Rows go in by increasing estimated error (|outgoing weight| times |residual| |h|)
+    while the estimates add up to at most half the tolerance; the fold is then done
+    and its error bounded soundly, dropping the last row until the bound passes.
+    Returns (positions in ``dependent`` folded, error bound per next pre-activation).
+    """
+    rows = ws[i]
+    misfit = np.abs(rows[dependent] - coef @ rows[basis]) @ h_mag  # per dependent row
+    est = np.abs(ws[i + 1][:, dependent]) * misfit  # (outputs, dependent)
+    limit = fold_rtol * out_size
+    order = np.argsort((est / np.maximum(limit, 1e-300)[:, None]).max(axis=0), kind="stable")
+    total = np.cumsum(est[:, order], axis=1)
+    n = int((total <= 0.5 * limit[:, None]).all(axis=0).sum())
+    w_next, b_next = ws[i + 1].copy(), bs[i + 1].copy()
+    while True:
+        chosen = np.sort(order[:n])
+        ws[i + 1], bs[i + 1] = w_next.copy(), b_next.copy()
+        _fold(ws, bs, i, basis, dependent[chosen], coef[chosen])
+        bound = fold_error_bound(
+            w_next, b_next, ws[i + 1], bs[i + 1], rows, bs[i], basis, dependent[chosen], h_mag
+        )
+        if n == 0 or (bound <= limit).all():
+            return chosen, bound
+        n -= 1
+
+
+def fold_error_bound(
+    w_old: np.ndarray,
+    b_old: np.ndarray,
+    w_new: np.ndarray,
+    b_new: np.ndarray,
+    w: np.ndarray,
+    b: np.ndarray,
+    basis: np.ndarray,
+    folded: np.ndarray,
+    h_mag: np.ndarray,
+) -> np.ndarray:
+    """Sound bound, per row of the next layer, on |new - old pre-activation| over D.
+
+    With the layer's active neurons linear (h_k = w_k . h + b_k), the new layer reads
+    the basis with weights changed by D = w_new - w_old and no longer reads the folded
+    ones, so the change is M h + c with M = D w_B - w_old_F w_F and
+    c = D b_B - w_old_F b_F + (b_new - b_old): bounded by |M| |h| + |c| plus the
+    float64 rounding of computing M and c (Higham's gamma, doubled as in bounds.py).
+    ``h_mag`` bounds |h| over D.
+    """
+    if folded.size == 0:
+        return np.zeros(w_old.shape[0])
+    d = w_new[:, basis] - w_old[:, basis]  # exact up to one rounding each (|err| <= eps |d|)
+    db = b_new - b_old
+    left = np.hstack([d, -w_old[:, folded]])
+    right_w = np.vstack([w[basis], w[folded]])
+    right_b = np.concatenate([b[basis], b[folded]])
+    m, c = left @ right_w, left @ right_b + db
+    k, n = left.shape[1] + 1, w.shape[1]
+    mass = np.abs(left) @ (np.abs(right_w) @ h_mag + np.abs(right_b)) + np.abs(db)
+    value = np.abs(m) @ h_mag + np.abs(c)
+    return (
+        value * (1 + 2 * (n + 4) * EPS64)
+        + 2 * (k + 6) * EPS64 * mass * (1 + 2 * (n + 4) * EPS64)
+        + 1e-300
+    )
 
 
 def _active_basis(

@@ -137,3 +137,50 @@ def test_mismatched_shapes_are_refused() -> None:
         verify(net, net, BOX2, data=np.ones((4, 3)))
     with pytest.raises(ExactCompressError, match="domain has 3 features"):
         verify(net, net, Box.uniform(3))
+
+
+def test_small_output_next_to_a_large_one_is_judged_per_point() -> None:
+    """Output 0 is off by 1e-3 next to output 1 of 1e6: 1e-9 of the largest output
+    overall, which a global relative check would pass; per point it is 1e-3 of |a|."""
+    w = np.array([[1.0, 0.0], [0.0, 0.0]])
+    a = ReLUNetwork([w], [np.array([0.0, 1e6])])
+    b = ReLUNetwork([w], [np.array([1e-3, 1e6])])
+    result = verify(a, b, BOX2, n_samples=100)
+    assert result.max_rel < 1e-8
+    assert not result.ok
+    assert result.worst_output == 0
+    assert result.max_ratio > 1
+    assert verify(a, b, BOX2, n_samples=100, atol=1e-2).ok
+
+
+def test_points_by_source_and_witnesses() -> None:
+    """Witness points inside the box are checked (and reported as the worst source when
+    they are), those outside are counted and skipped."""
+    net = corner_net()
+    wrong, _ = compress(net, states(INACTIVE))
+    wit = np.array([[0.98, 0.99], [3.0, 3.0]])
+    result = verify(net, wrong, BOX2, n_samples=0, witnesses=wit)
+    assert not result.ok
+    assert result.worst_source == "witness"
+    assert result.worst_point == [0.98, 0.99]
+    assert result.points_by_source == {"witness": 1, "centre": 1}
+    assert result.n_witness_outside == 1
+    text = result.summary()
+    assert "1 witness" in text and "1 witnesses outside the box skipped" in text
+    full = verify(net, net, BOX2, data=np.array([[0.1, 0.2]]), n_samples=10)
+    assert full.points_by_source == {"data": 1, "uniform": 6, "corner": 4, "centre": 1}
+
+
+def test_nan_output_fails() -> None:
+    net = three_neuron_net()
+    bad = ReLUNetwork([np.zeros((1, 2))], [np.array([0.0])])
+    bad.biases[0][0] = np.nan
+    assert not verify(net, bad, BOX2, n_samples=4).ok
+
+
+def test_witness_points_of_a_report() -> None:
+    from exactcompress.verify import witness_points
+
+    assert witness_points({}) is None
+    pts = witness_points({"points": [[0.0, 1.0], [1.0, 0.0]]})
+    assert pts.shape == (2, 2)
