@@ -147,7 +147,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
         raise ExactCompressError(
             f"{args.stability} is for widths {report.widths}, the model has {net.widths}"
         )
-    compressed, summary = compress(net, report.states)
+    box = Box.from_json(report.domain, net.widths[0]) if report.domain else None
+    compressed, summary = compress(net, report.states, box=box)
     save_model(args.output, compressed, {"source": str(args.model), "stability": report.counts()})
     print(summary.to_markdown())
     say(f"wrote {args.output}")
