@@ -292,3 +292,84 @@ def compute_bounds(
 def decide_from_bounds(bounds: LayerBounds) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Per hidden layer: (proved_active = lower >= 0, proved_inactive = upper <= 0)."""
     return [lo >= 0 for lo in bounds.lower], [up <= 0 for up in bounds.upper]
+
+
+# ---- layer by layer, with proved states clamped in ---------------------------------
+
+
+def interval_layer(
+    w: torch.Tensor, b: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sound bounds of w h + b for lo <= h <= hi (one step of ``interval_bounds``)."""
+    mid, rad = (hi + lo) / 2, (hi - lo) / 2
+    w_abs = w.abs()
+    center, spread = mid @ w.T + b, rad @ w_abs.T
+    margin = rounding_margin(w_abs, mid.abs() + rad, b)
+    return center - spread - margin, center + spread + margin
+
+
+class LayerwiseBounds:
+    """Bounds of one hidden layer at a time, the states proved so far clamped in.
+
+    For re-checking claims without trusting them (``exactcompress.check``): the caller
+    bounds layer l, proves what it can by any sound means, ``fix``es those states, and
+    only then bounds layer l + 1. A neuron fixed active gets lower >= 0 (its ReLU is the
+    identity in every relaxation), one fixed inactive upper <= 0 (its output is 0);
+    both are sound because the proofs are, and they tighten every later layer.
+    """
+
+    def __init__(self, net: ReLUNetwork, box: Box, device: str | torch.device | None = None):
+        self.dev = pick_device(device)
+        self.net = net
+        self.state = _BackSubstitution(net, box, self.dev, interval_bounds(net, box, self.dev))
+
+    def bounds(self, layer: int) -> tuple[np.ndarray, np.ndarray]:
+        """(lower, upper) of hidden layer ``layer`` as they stand."""
+        return self.state.lower[layer].cpu().numpy(), self.state.upper[layer].cpu().numpy()
+
+    def interval(self, layer: int) -> None:
+        """Interval arithmetic from the (clamped) bounds of the layer below."""
+        if layer == 0:
+            return  # interval_bounds is already exact for the first layer
+        st = self.state
+        w, b = st.params[layer]
+        lo, hi = st.lower[layer - 1].clamp_min(0.0), st.upper[layer - 1].clamp_min(0.0)
+        g_lo, g_hi = interval_layer(w, b, lo, hi)
+        st.lower[layer] = torch.maximum(st.lower[layer], g_lo)
+        st.upper[layer] = torch.minimum(st.upper[layer], g_hi)
+
+    def back_substitute(
+        self, layer: int, neurons: np.ndarray, alpha_steps: int = 0, lr: float = 0.1
+    ) -> None:
+        """CROWN (``alpha_steps`` = 0) or alpha-CROWN bounds of ``neurons`` of ``layer``
+        through the relaxations of the layers below, intersected with what is known."""
+        neurons = np.asarray(neurons, dtype=np.int64)
+        if layer == 0 or neurons.size == 0:
+            return
+        st = self.state
+        with torch.no_grad():
+            relax = st.relaxations(layer)
+            idx = torch.from_numpy(neurons).to(self.dev)
+            rows = st.target_rows(layer)
+            n = rows.shape[0] // 2
+            rows = torch.cat([rows[idx], rows[idx + n]])
+        chunks = rows.split(ROW_CHUNK)
+        if alpha_steps:
+            ub = torch.cat([_optimise(st, c, relax, alpha_steps, lr) for c in chunks])
+        else:
+            with torch.no_grad():
+                ub = torch.cat([st.upper_rows(c, relax) for c in chunks])
+        m = idx.numel()
+        st.lower[layer][idx] = torch.maximum(st.lower[layer][idx], -ub[m:])
+        st.upper[layer][idx] = torch.minimum(st.upper[layer][idx], ub[:m])
+
+    def fix(self, layer: int, active: np.ndarray, inactive: np.ndarray) -> None:
+        """Clamp neurons proved active (lower >= 0) or inactive (upper <= 0) on the domain;
+        before any later layer is bounded through this one."""
+        st = self.state
+        if len(st.relax) > layer:
+            raise ValueError(f"layer {layer} is already relaxed: fix it before bounding later")
+        act = torch.from_numpy(np.asarray(active, dtype=bool)).to(self.dev)
+        ina = torch.from_numpy(np.asarray(inactive, dtype=bool)).to(self.dev)
+        st.lower[layer] = torch.where(act, st.lower[layer].clamp_min(0.0), st.lower[layer])
+        st.upper[layer] = torch.where(ina, st.upper[layer].clamp_max(0.0), st.upper[layer])

@@ -12,6 +12,7 @@ from collections.abc import Callable
 import numpy as np
 
 from .bench_cli import add_bench_parser, cmd_bench
+from .check import add_check_parser, cmd_check
 from .domain import Box
 from .errors import ExactCompressError
 from .stability import TIGHTEN, StabilityOptions
@@ -269,6 +270,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "compress": cmd_compress,
     "evaluate": cmd_evaluate,
     "bench": cmd_bench,
+    "check": cmd_check,
 }
 
 
@@ -314,6 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", default=None)
 
     add_bench_parser(sub)
+    add_check_parser(sub)
     return parser
 
 
