@@ -10,6 +10,7 @@ import argparse
 import sys
 
 from .errors import ExactCompressError
+from .io import make_dir
 
 SUITES = ("paper", "quick", "pipeline")
 _DEFAULT_TIME_LIMIT = {"paper": 300.0, "quick": 30.0, "pipeline": 120.0}
@@ -97,6 +98,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if not models:
         raise ExactCompressError("nothing to benchmark: --no-suite needs --models")
     out = args.out or f"bench-results/{'full' if name == 'paper' else name}"
+    make_dir(out)  # an unusable folder is a one-line error before any run
     limit = args.time_limit if args.time_limit is not None else _DEFAULT_TIME_LIMIT[name]
     result = runner.sweep(
         models,

@@ -108,9 +108,11 @@ def load_data(spec: str | None, data_dir: str | None, n_inputs: int) -> np.ndarr
 
 
 def cmd_stability(args: argparse.Namespace) -> int:
-    from .io import load_network
+    from .io import check_writable, load_network
     from .stability import find_stable_neurons
 
+    if args.json:
+        check_writable(args.json)
     net = load_network(args.model)
     box = Box.parse(args.domain, net.widths[0])
     box.check_dim(net.widths[0])
@@ -158,12 +160,13 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
 def cmd_compress(args: argparse.Namespace) -> int:
     from .api import compress
-    from .io import load_network
+    from .io import load_network, make_dir
 
     net = load_network(args.model)
     box = Box.parse(args.domain, net.widths[0])
     box.check_dim(net.widths[0])
     data = load_data(args.data, args.data_dir, net.widths[0])
+    make_dir(args.output)  # before the work, not after it
     result = compress(net, box, data, options_from(args), say)
     result.save(args.output, str(args.model))
     print_counts(result.report)
@@ -178,10 +181,11 @@ def cmd_compress(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .io import save_model
+    from .io import check_writable, save_model
     from .train import train
 
     arch = parse_arch(args.arch)
+    check_writable(args.output)
 
     def show(epoch: int, loss: float) -> None:
         say(f"epoch {epoch:3d}/{args.epochs}  loss {loss:.4f}")
@@ -235,14 +239,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from .api import compress
     from .data import load_dataset
-    from .io import save_model
+    from .io import make_dir, save_model
     from .train import accuracy, train
 
     t0 = time.monotonic()
     outdir = args.output or tempfile.mkdtemp(prefix="exactcompress-demo-")
+    make_dir(outdir)  # before training: an unusable folder fails at once, in one line
     say("1/3 training a 64-32-32-10 network on scikit-learn's digits with L1 = 2e-3 ...")
     net, meta = train("digits", [32, 32], l1=2e-3, epochs=40, seed=args.seed)
-    os.makedirs(outdir, exist_ok=True)
     save_model(os.path.join(outdir, "model.pt"), net, meta)
     say(f"    test accuracy {100 * meta['test_accuracy']:.2f}%")
     say("2/3 finding stable neurons over [0, 1]^64 and compressing ...")

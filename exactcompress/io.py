@@ -68,6 +68,14 @@ def make_dir(path: str | os.PathLike) -> None:
         raise ExactCompressError(f"cannot create folder {path}: {err.strerror or err}") from None
 
 
+def check_writable(path: str | os.PathLike) -> None:
+    """Fail now, in one line, if ``path`` can never be written (its folder cannot be
+    created, or it is a folder), rather than after the work that produces it."""
+    if os.path.isdir(path):
+        raise ExactCompressError(f"cannot write {path}: it is a folder")
+    make_dir(os.path.dirname(os.path.abspath(path)))
+
+
 def save_torch_atomic(path: str | os.PathLike, obj: Any) -> None:
     """torch.save, but an interrupted save never leaves a truncated file behind."""
     buf = io.BytesIO()
