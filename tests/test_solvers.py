@@ -23,7 +23,14 @@ from exactcompress.errors import ExactCompressError
 from exactcompress.network import ReLUNetwork
 from exactcompress.prune import compress
 from exactcompress.report import UNDECIDED
-from exactcompress.solvers import GurobiLicence, Reaction, model_size, solver_factory
+from exactcompress.solvers import (
+    GurobiLicence,
+    Reaction,
+    model_size,
+    pyomo_internals,
+    select,
+    solver_factory,
+)
 from exactcompress.stability import StabilityOptions, find_stable_neurons
 from exactcompress.verify import verify
 from formulations.complete import complete_solution
@@ -160,26 +167,6 @@ def test_completed_solution_is_feasible(formulation) -> None:
             assert z.value == (0 if z.fixed else float(flips))
 
 
-@pytest.mark.parametrize("solver", SOLVERS)
-def test_pure_lp_bound_and_solution(solver) -> None:
-    """First-layer candidates make a model without binaries: no MIP callback runs, the
-    optimum is the bound, and the best solution still reaches the driver."""
-    w = np.array([[1.0, -2.0, 0.5], [-1.0, -1.0, 0.0]])
-    b = np.array([-0.25, 0.5])
-    data = milp_input([w, np.ones((1, 2))], [b, np.zeros(1)], np.zeros(3), np.ones(3))
-    handle = formulations.get("neuron").build(data, [(0, 0, "pos")])
-    adapter = solver_factory(solver)(handle)
-    adapter.load(handle)
-    seen = []
-    for j in range(2):
-        handle.model.objective.set_value(handle.g[(0, j)])
-        out = adapter.maximize(10.0, lambda x, _obj: seen.append(x) or Reaction())
-        best = np.maximum(w[j], 0).sum() + b[j]
-        assert out.status == "optimal"
-        assert out.bound == pytest.approx(best, abs=1e-7)
-        assert (w[j] @ seen[-1] + b[j]) == pytest.approx(best, abs=1e-7)
-
-
 @pytest.mark.gurobi
 @pytest.mark.skipif(not HAS_GUROBI, reason="gurobipy not usable")
 def test_model_size_is_what_gurobi_sees() -> None:
@@ -189,7 +176,7 @@ def test_model_size_is_what_gurobi_sees() -> None:
     adapter = solver_factory("gurobi")(handle)
     adapter.load(handle)
     adapter.maximize(10.0, lambda _x, _obj: Reaction())
-    grb = adapter._opt._solver_model
+    grb = pyomo_internals.solver_model(adapter._opt)
     assert model_size(handle) == (grb.NumVars, grb.NumConstrs)
 
 
@@ -238,7 +225,7 @@ def test_gurobi_over_the_licence_names_size_limit_and_highs() -> None:
 
 def test_auto_without_gurobi_uses_highs(monkeypatch) -> None:
     problem = "gurobipy is not installed: install gurobipy (pip install gurobipy)"
-    monkeypatch.setattr(solvers, "gurobi_licence", lambda: GurobiLicence(problem, None))
+    monkeypatch.setattr(select, "gurobi_licence", lambda: GurobiLicence(problem, None))
     said: list[str] = []
     make = solver_factory("auto", say=said.append)
     weights, biases = make_net(*NETS[0])
