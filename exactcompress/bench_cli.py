@@ -67,11 +67,14 @@ def add_bench_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
         help="seconds per run (default 30 with --quick, 300 otherwise)",
     )
     p.add_argument(
-        "--out",
+        "-o",
+        "--output",
         default=None,
         metavar="DIR",
-        help="results folder (default bench-results/quick or bench-results/full)",
+        help="results folder (default bench-results/SUITE, bench-results/full for paper)",
     )
+    # the option's name before every writing subcommand took -o
+    p.add_argument("--out", dest="output", default=None, help=argparse.SUPPRESS)
     p.add_argument(
         "--cache",
         default="bench-results/models",
@@ -97,7 +100,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     models += suite.user_models(args.models)
     if not models:
         raise ExactCompressError("nothing to benchmark: --no-suite needs --models")
-    out = args.out or f"bench-results/{'full' if name == 'paper' else name}"
+    out = args.output or f"bench-results/{'full' if name == 'paper' else name}"
     make_dir(out)  # an unusable folder is a one-line error before any run
     limit = args.time_limit if args.time_limit is not None else _DEFAULT_TIME_LIMIT[name]
     result = runner.sweep(

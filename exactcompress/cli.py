@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import tempfile
@@ -22,69 +23,72 @@ def say(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
+#: defaults of the stability options, shown in --help; every such option's argparse
+#: default is None, so options_from can tell what the user gave (see there)
+DEFAULTS = StabilityOptions()
+
+
 def add_stability_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="model file: .pt/.tar checkpoint, state dict or weights.dat")
     p.add_argument(
         "--domain", default=None, help="LO:HI for every input, or a .npy/.txt (2, n) file"
     )
     p.add_argument(
-        "--formulation", default="network", help="network (ISA) | neuron (LEO) | registered"
+        "--formulation",
+        default=None,
+        help=f"network (ISA) | neuron (LEO) | registered (default {DEFAULTS.formulation})",
     )
     p.add_argument(
-        "--solver", default="auto", help="auto | highs | gurobi | scip | cbc | glpk | cplex"
+        "--solver", default=None, help="auto (default) | highs | gurobi | scip | cbc | glpk | cplex"
     )
     p.add_argument("--time-limit", type=float, default=None, metavar="S", help="total seconds")
     p.add_argument("--data", default=None, help="dataset name (its training split) or a .npy file")
     p.add_argument("--data-dir", default=None, help="folder holding MNIST/CIFAR files")
     p.add_argument(
-        "--bounds", default="interval", help="interval (fastest overall) | crown | alpha-crown"
+        "--bounds",
+        default=None,
+        help=f"interval | crown | alpha-crown (default {DEFAULTS.bounds})",
     )
     p.add_argument(
         "--tighten",
-        default="none",
+        default=None,
         choices=TIGHTEN,
         help="lp: tighten the open neurons' bounds by LP (HiGHS) before the MILP",
     )
     p.add_argument(
         "--witness-search",
         action=argparse.BooleanOptionalAction,
-        default=True,
-        help="gradient search for witnesses before the MILP",
+        default=None,
+        help="gradient search for witnesses before the MILP (default on, off with --paper)",
     )
-    p.add_argument("--samples", type=int, default=10_000, help="random points and corners to try")
+    p.add_argument(
+        "--samples",
+        type=int,
+        default=None,
+        help=f"random points and corners to try (default {DEFAULTS.samples}, 0 with --paper)",
+    )
     p.add_argument(
         "--paper",
         action="store_true",
-        help="the NeurIPS 2021 configuration: interval bounds, data only, network formulation",
+        help="the NeurIPS 2021 configuration: interval bounds, data only, network formulation; "
+        "options given explicitly still win",
     )
     p.add_argument("--device", default=None, help="torch device for bounds and witness search")
     p.add_argument("--threads", type=int, default=None, help="solver threads")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--verbose", action="store_true", help="show the solver's log")
+    p.add_argument("--seed", type=int, default=None, help=f"default {DEFAULTS.seed}")
+    p.add_argument("--verbose", action="store_true", default=None, help="show the solver's log")
 
 
 def options_from(args: argparse.Namespace) -> StabilityOptions:
-    opts = StabilityOptions(
-        formulation=args.formulation,
-        solver=args.solver,
-        bounds=args.bounds,
-        witness_search=args.witness_search,
-        tighten=args.tighten,
-        samples=args.samples,
-        time_limit=args.time_limit,
-        seed=args.seed,
-        device=args.device,
-        threads=args.threads,
-        verbose=args.verbose,
-    )
-    if args.paper:
-        paper = StabilityOptions.paper()
-        opts.bounds, opts.witness_search, opts.samples = (
-            paper.bounds,
-            paper.witness_search,
-            paper.samples,
-        )
-    return opts
+    """Options given on the command line win over ``--paper``'s, which win over the
+    defaults. Every option named like a StabilityOptions field is read: its argparse
+    default must be None, which means "not given"."""
+    given = {
+        f.name: getattr(args, f.name)
+        for f in dataclasses.fields(StabilityOptions)
+        if getattr(args, f.name, None) is not None
+    }
+    return StabilityOptions.paper(**given) if args.paper else StabilityOptions(**given)
 
 
 def load_data(spec: str | None, data_dir: str | None, n_inputs: int) -> np.ndarray | None:

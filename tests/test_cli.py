@@ -175,3 +175,56 @@ def test_ctrl_c_in_the_milp_keeps_what_was_decided(tmp_path, monkeypatch, capsys
     assert np.abs(small.forward(x) - h).max() <= 1e-9 * max(1.0, np.abs(h).max())
     hidden_kept = sum(small.hidden_widths)
     assert hidden_kept >= undecided + sum(len(layer["unstable"]) for layer in data["layers"])
+
+
+# ---- option precedence and the -o convention ------------------------------------------
+
+
+def stability_options(*argv):
+    from exactcompress.cli import build_parser, options_from
+
+    return options_from(build_parser().parse_args(["stability", "m.pt", *argv]))
+
+
+def test_explicit_options_win_over_paper():
+    """--paper sets the paper's defaults; what the user spells out still wins."""
+    from exactcompress import StabilityOptions
+
+    assert stability_options() == StabilityOptions()
+    assert stability_options("--paper") == StabilityOptions.paper()
+    opts = stability_options("--paper", "--bounds", "crown", "--samples", "50")
+    assert opts == StabilityOptions.paper(bounds="crown", samples=50)
+    assert stability_options("--paper", "--witness-search").witness_search is True
+    assert stability_options("--samples", "0").bounds == StabilityOptions().bounds
+
+
+def test_paper_with_explicit_samples_on_the_command_line(tmp_path, model_file):
+    js = tmp_path / "s.json"
+    argv = ["stability", str(model_file), "--paper", "--samples", "300", "--json", str(js)]
+    assert main([*argv, "--bounds", "crown"]) == 0
+    options = json.loads(js.read_text())["options"]
+    assert (options["samples"], options["bounds"]) == (300, "crown")
+    assert options["witness_search"] is False  # from --paper
+
+
+def test_every_writing_subcommand_takes_o(capsys):
+    """One convention: a subcommand that writes files takes -o; bench's old --out still
+    works but is no longer shown."""
+    import argparse
+
+    from exactcompress.cli import build_parser
+
+    parser = build_parser()
+    subs = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    writers = {
+        name: [s for a in sub._actions if a.dest == "output" for s in a.option_strings]
+        for name, sub in subs.choices.items()
+    }
+    for name in ("demo", "train", "prune", "compress", "bench"):
+        assert "-o" in writers[name], name
+    assert parser.parse_args(["bench", "-o", "a"]).output == "a"
+    assert parser.parse_args(["bench", "--out", "b"]).output == "b"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["bench", "--help"])
+    shown = capsys.readouterr().out
+    assert "-o DIR, --output DIR" in shown and "--out " not in shown
