@@ -134,10 +134,8 @@ class SolverAdapter:
         ``stop_below``. Raises KeyboardInterrupt after a Ctrl-C, and whatever
         ``on_solution`` raised, once the solver has returned."""
         needs = needs or SolveNeeds.guess(self.handle, stop_below)
-        self._on_solution, self._lazy = (
-            on_solution,
-            needs.lazy_constraints and self.lazy_constraints,
-        )
+        self._on_solution = on_solution
+        self._lazy = needs.lazy_constraints and self.lazy_constraints
         self._stopped, self._ctrl_c, self._error = False, False, None
         try:
             with self._ctrl_c_noted():
