@@ -4,7 +4,8 @@ Every claim of the report is checked by evidence computed here, from the model f
 and the report's domain only:
 
 - unstable: the report's two witnesses of the neuron are read back and forward-passed
-  in float64; each must lie in the domain and put the neuron strictly on its side;
+  in float64; each must lie in the domain and put the neuron strictly on its side,
+  beyond the pass's rounding error bound (so the real-valued network agrees);
 - stable: first refuted if any point (the report's witnesses, the box's centre,
   corners and random points) shows the neuron strictly on the other side; otherwise
   proved layer by layer with sound bounds (interval arithmetic, CROWN, alpha-CROWN),
@@ -189,9 +190,13 @@ def check_unstable(c: ClaimCheck, data: dict, points: list, net: ReLUNetwork, bo
                 f"(feature {k} = {x[k]!r}, domain [{box.lo[k]!r}, {box.hi[k]!r}])",
             )
             return
-        g = float(net.preactivations(x[None, :])[c.layer - 1][0, c.neuron])
-        if not sign * g > 0:
-            _set(c, FALSE, "witness", f"witness point {idx} gives g = {g!r}, not {what}")
+        gs, errs = net.preactivations_with_error(x[None, :])
+        g, err = float(gs[c.layer - 1][0, c.neuron]), float(errs[c.layer - 1][0, c.neuron])
+        if not sign * g > err:
+            beyond = (
+                f", not {what}" if not sign * g > 0 else f", within its rounding error {err:.2g}"
+            )
+            _set(c, FALSE, "witness", f"witness point {idx} gives g = {g!r}{beyond}")
             return
     _set(c, CONFIRMED, "witness", "")
 
@@ -213,12 +218,12 @@ def refute_by_points(
     for source, x in sets.items():
         if len(x) == 0:
             continue
-        pre = net.preactivations(x)
+        pre, errs = net.preactivations_with_error(x)
         for c in stable:
             if c.verdict != UNCONFIRMED:
                 continue
-            g = pre[c.layer - 1][:, c.neuron]
-            bad = g < 0 if c.claim == ACTIVE else g > 0
+            g, err = pre[c.layer - 1][:, c.neuron], errs[c.layer - 1][:, c.neuron]
+            bad = g < -err if c.claim == ACTIVE else g > err
             if bad.any():
                 i = int(np.argmax(bad))
                 value = float(g[i])
@@ -329,8 +334,9 @@ class StableChecker:
                 left,
             )
             if x is not None:
-                g = float(self.net.preactivations(x[None, :])[layer][0, c.neuron])
-                if (g < 0 if c.claim == ACTIVE else g > 0) and self.box.contains(x)[0]:
+                gs, errs = self.net.preactivations_with_error(x[None, :])
+                g, err = float(gs[layer][0, c.neuron]), float(errs[layer][0, c.neuron])
+                if (g < -err if c.claim == ACTIVE else g > err) and self.box.contains(x)[0]:
                     _set(c, FALSE, f"milp:{self.solver}", f"the MILP's solution gives g = {g!r}")
                     continue
             if status in ("optimal", "stopped") and bound < -MILP_MARGIN:

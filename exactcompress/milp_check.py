@@ -53,8 +53,9 @@ def milp_extreme(
 
     def on_solution(x: np.ndarray, _objective: float) -> Reaction:
         x = box.clip(np.asarray(x, dtype=np.float64))
-        value = float(net.preactivations(x[None, :])[layer][0, neuron])
-        if (value > 0) if side == "pos" else (value < 0):
+        gs, errs = net.preactivations_with_error(x[None, :])
+        value, err = float(gs[layer][0, neuron]), float(errs[layer][0, neuron])
+        if (value > err) if side == "pos" else (value < -err):
             flip.append(x)
         return Reaction(stop=bool(flip))
 

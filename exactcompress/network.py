@@ -77,6 +77,32 @@ class ReLUNetwork:
             h = np.maximum(g, 0.0)
         return out
 
+    def preactivations_with_error(self, x: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """Pre-activations of a batch and, entry by entry, a bound on their distance to the
+        real-valued network's at the same input.
+
+        Stability is a property of the real-valued function, and a float64 sign is only
+        certain beyond the rounding error: two BLAS kernels (a batch and one row, FMA or
+        not) can give 1e-17 and 0.0 for the same neuron. Each layer adds at most
+        gamma_{n+1} (|W| |h| + |b|) (Higham, ch. 3; doubled, as in bounds.py) to the error
+        carried from the layer below through |W| (ReLU is 1-Lipschitz).
+        """
+        h = np.atleast_2d(np.asarray(x, dtype=np.float64))
+        err = np.zeros_like(h)
+        gs, errs = [], []
+        eps = float(np.finfo(np.float64).eps)
+        for w, b in zip(self.weights[:-1], self.biases[:-1]):
+            g = h @ w.T + b
+            w_abs = np.abs(w)
+            n = w.shape[1]
+            mass = np.abs(h) @ w_abs.T + np.abs(b)
+            e = (2.0 * (n + 2) * eps * mass + err @ w_abs.T) * (1 + 4 * (n + 2) * eps)
+            e += (n + 1) * 1e-300  # underflow of the products
+            gs.append(g)
+            errs.append(e)
+            h, err = np.maximum(g, 0.0), e
+        return gs, errs
+
     def forward(self, x: np.ndarray) -> np.ndarray:
         """Output of the network for a batch x of shape (m, n0), in float64."""
         h = np.atleast_2d(np.asarray(x, dtype=np.float64))

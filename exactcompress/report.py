@@ -61,19 +61,24 @@ class NeuronEvidence:
 
     # ---- evidence --------------------------------------------------------------
     def observe(self, x: np.ndarray, stage: str) -> int:
-        """Forward-pass inputs (clipped into the domain); returns how many became unstable."""
+        """Forward-pass inputs (clipped into the domain); returns how many became unstable.
+
+        A point witnesses a side only when its float64 pre-activation is beyond the
+        pass's rounding error bound, so that the real-valued network agrees on the sign.
+        """
         x = self.box.clip(np.atleast_2d(np.asarray(x, dtype=np.float64)))
         if x.shape[0] == 0:
             return 0
         newly = 0
         self.n_observed += x.shape[0]
-        for layer, g in enumerate(self.net.preactivations(x)):
+        gs, errs = self.net.preactivations_with_error(x)
+        for layer, (g, err) in enumerate(zip(gs, errs)):
             np.maximum(self.g_max[layer], g.max(axis=0), out=self.g_max[layer])
             np.minimum(self.g_min[layer], g.min(axis=0), out=self.g_min[layer])
             before = self.unstable(layer)
             for seen, wit, mask in (
-                (self.seen_pos[layer], self.witness_pos[layer], g > 0),
-                (self.seen_neg[layer], self.witness_neg[layer], g < 0),
+                (self.seen_pos[layer], self.witness_pos[layer], g > err),
+                (self.seen_neg[layer], self.witness_neg[layer], g < -err),
             ):
                 hit = mask.any(axis=0) & ~seen
                 for j in np.flatnonzero(hit):

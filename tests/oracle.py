@@ -27,6 +27,12 @@ def naive_bounds(weights, biases, lo, hi):
 
 def milp_extremes(weights, biases, lo, hi, layer, j):
     """(min g, max g) of hidden neuron j of ``layer`` (0-based) over the box, by MILP."""
+    (gmin, _), (gmax, _) = milp_extreme_points(weights, biases, lo, hi, layer, j)
+    return gmin, gmax
+
+
+def milp_extreme_points(weights, biases, lo, hi, layer, j):
+    """((min g, its input), (max g, its input)) of hidden neuron j of ``layer``, by MILP."""
     bnds = naive_bounds(weights, biases, lo, hi)
     n0 = len(lo)
     # variables: x, then per hidden layer < layer: h (n), a (n)
@@ -82,7 +88,7 @@ def milp_extremes(weights, biases, lo, hi, layer, j):
         -c, constraints=cons, integrality=integrality, bounds=Bounds(lb, ub), options=opts
     )
     assert res_min.success and res_max.success
-    return res_min.fun + b, -res_max.fun + b
+    return (res_min.fun + b, res_min.x[:n0]), (-res_max.fun + b, res_max.x[:n0])
 
 
 def milp_states(weights, biases, lo, hi, tol=1e-6):
