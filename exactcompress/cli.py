@@ -126,6 +126,12 @@ def cmd_stability(args: argparse.Namespace) -> int:
     if args.json:
         report.save(args.json)
         say(f"wrote {args.json}")
+    if args.export_vnnlib:
+        from .vnnlib import export_candidates
+
+        cands = report.extra.get("milp", {}).get("why_candidates", [])
+        done = export_candidates(net, box, cands, args.export_vnnlib)
+        say(f"wrote {len(done)} VNN-LIB properties to {args.export_vnnlib}")
     return 0 if not report.interrupted else 130
 
 
@@ -308,6 +314,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("stability", help="classify every hidden neuron over the domain")
     add_stability_options(p)
     p.add_argument("--json", default=None, help="write stability.json here")
+    p.add_argument(
+        "--export-vnnlib",
+        default=None,
+        metavar="DIR",
+        help="ONNX + VNN-LIB files of the neurons that reached the exact stage",
+    )
 
     p = sub.add_parser("prune", help="compress a model with a stability.json")
     p.add_argument("model")
