@@ -219,6 +219,39 @@ def crown_bounds(
 # ---- alpha-CROWN -------------------------------------------------------------------
 
 
+class Adam:
+    """Plain Adam (Kingma and Ba 2015) on a list of tensors with per-group step sizes.
+
+    torch.optim.Adam would do, but its first use imports torch._dynamo, seconds that a
+    bound computed in a fraction of a second should not pay.
+    """
+
+    def __init__(self, groups: list[tuple[list[torch.Tensor], float]], betas=(0.9, 0.999)):
+        self.groups = [(list(ts), lr) for ts, lr in groups]
+        self.b1, self.b2 = betas
+        self.t = 0
+        self.m = [[torch.zeros_like(p) for p in ts] for ts, _ in self.groups]
+        self.v = [[torch.zeros_like(p) for p in ts] for ts, _ in self.groups]
+
+    def zero_grad(self) -> None:
+        for ts, _ in self.groups:
+            for p in ts:
+                p.grad = None
+
+    @torch.no_grad()
+    def step(self) -> None:
+        self.t += 1
+        c1, c2 = 1 - self.b1**self.t, 1 - self.b2**self.t
+        for (ts, lr), ms, vs in zip(self.groups, self.m, self.v):
+            for p, m, v in zip(ts, ms, vs):
+                if p.grad is None:
+                    continue
+                m.mul_(self.b1).add_(p.grad, alpha=1 - self.b1)
+                v.mul_(self.b2).addcmul_(p.grad, p.grad, value=1 - self.b2)
+                p.sub_(lr * (m / c1) / ((v / c2).sqrt() + 1e-8))
+
+
+
 def alpha_crown_bounds(
     net: ReLUNetwork,
     box: Box,
@@ -252,7 +285,7 @@ def _optimise(
 ) -> torch.Tensor:
     """Best sound upper bound of ``rows`` over ``steps`` projected Adam steps on the slopes."""
     alphas = [r.low_slope.expand(rows.shape[0], -1).clone().requires_grad_() for r in relax]
-    opt = torch.optim.Adam(alphas, lr=lr)
+    opt = Adam([(alphas, lr)])
     best = torch.full_like(rows[:, -1], torch.inf)
     for _ in range(steps):
         bound = state.upper_rows(rows, relax, alphas)

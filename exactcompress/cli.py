@@ -12,15 +12,27 @@ from collections.abc import Callable
 
 import numpy as np
 
+import formulations
+
 from .bench_cli import add_bench_parser, cmd_bench
 from .check import add_check_parser, cmd_check
 from .domain import Box
 from .errors import ExactCompressError
-from .stability import TIGHTEN, StabilityOptions
+from .stability import PROVERS, TIGHTEN, StabilityOptions
 
 
 def say(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
+
+
+def registered_names() -> tuple[list[str], list[str]]:
+    """(formulations, ReLU encodings) for --help; a formulation module that fails to
+    import is reported when a formulation is looked up, not by every command's parser."""
+    try:
+        formulations.discover()
+    except ImportError:
+        pass
+    return sorted(formulations.FORMULATIONS), sorted(formulations.RELU_ENCODINGS)
 
 
 #: defaults of the stability options, shown in --help; every such option's argparse
@@ -29,6 +41,7 @@ DEFAULTS = StabilityOptions()
 
 
 def add_stability_options(p: argparse.ArgumentParser) -> None:
+    forms, relus = registered_names()
     p.add_argument("model", help="model file: .pt/.tar checkpoint, state dict or weights.dat")
     p.add_argument(
         "--domain", default=None, help="LO:HI for every input, or a .npy/.txt (2, n) file"
@@ -36,7 +49,15 @@ def add_stability_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--formulation",
         default=None,
-        help=f"network (ISA) | neuron (LEO) | registered (default {DEFAULTS.formulation})",
+        help=f"{' | '.join(forms)} | NAME of a module or entry point that registers it "
+        f"(default {DEFAULTS.formulation})",
+    )
+    p.add_argument(
+        "--relu",
+        default=None,
+        choices=relus,
+        help="ReLU encoding of the formulations built on formulations.build_layers "
+        f"(default {DEFAULTS.relu})",
     )
     p.add_argument(
         "--solver", default=None, help="auto (default) | highs | gurobi | scip | cbc | glpk | cplex"
@@ -47,7 +68,31 @@ def add_stability_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--bounds",
         default=None,
-        help=f"interval | crown | alpha-crown (default {DEFAULTS.bounds})",
+        help="auto = interval for the cheap stages, alpha-CROWN and LP bounds for the neurons "
+        "the exact stage models | interval | crown | alpha-crown "
+        f"(default {DEFAULTS.bounds})",
+    )
+    p.add_argument(
+        "--prover",
+        default=None,
+        choices=PROVERS,
+        help="exact stage: bab = branch and bound on sound bounds, milp = the formulation's "
+        "MILP, auto = branch and bound first, the MILP for what it leaves "
+        f"(default {DEFAULTS.prover}; milp with --paper)",
+    )
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=None,
+        metavar="N",
+        help="candidates proved side by side by branch and bound (default 1)",
+    )
+    p.add_argument(
+        "--certify",
+        action="store_true",
+        default=None,
+        help="re-prove every MILP proof by branch and bound in sound arithmetic; "
+        "a proof that cannot be re-proved becomes undecided",
     )
     p.add_argument(
         "--tighten",

@@ -1,11 +1,14 @@
 """The exact stage: drive a formulation's model with a solver adapter until every
 candidate is refuted by a witness, proved stable by a bound, or given up.
 
-Two strategies, chosen by the formulation's registration: "network" (ISA) solves one
-model whose objective counts candidates in their unseen state (with a solver that
-restarts to drop refuted ones, a gradient search from each of its solutions refutes
-many at once); "neuron" (LEO) solves one objective per candidate on a persistent
-model, layer by layer.
+Three strategies, chosen by the formulation's registration (``STRATEGIES``): "network"
+(ISA) solves one model whose objective counts candidates in their unseen state (with a
+solver that restarts to drop refuted ones, a gradient search from each of its solutions
+refutes many at once); "neuron" (LEO) solves one objective per candidate on a
+persistent model, layer by layer; "layer" runs the network strategy on one hidden
+layer at a time. Every model is checked against the formulation contract
+(``Handle.validate``) before each solve, and proved neurons are fixed through their
+ReLU encoding (``Handle.fix_state``), which alone knows its binary's polarity.
 """
 
 from __future__ import annotations
@@ -15,10 +18,19 @@ from collections.abc import Callable
 
 import numpy as np
 
-from formulations import FLIP_MARGIN, Candidate, FormulationSpec, Handle, MILPInput
+from formulations import (
+    DEFAULT_RELU,
+    FLIP_MARGIN,
+    Candidate,
+    FormulationError,
+    FormulationSpec,
+    Handle,
+    MILPInput,
+)
 
 from . import refute
 from .bounds import LayerBounds
+from .errors import ExactCompressError
 from .report import NeuronEvidence
 from .solvers import Reaction, SolverAdapter
 
@@ -63,6 +75,29 @@ def milp_input(evidence: NeuronEvidence, bounds: LayerBounds) -> MILPInput:
 
 def seconds_left(deadline: float) -> float:
     return deadline - time.monotonic()
+
+
+def build_model(
+    spec: FormulationSpec,
+    evidence: NeuronEvidence,
+    bounds: LayerBounds,
+    cands: list[Candidate],
+    relu: str,
+) -> Handle:
+    """The formulation's model of ``cands``, its open neurons in ReLU encoding ``relu``."""
+    try:
+        return spec.build(milp_input(evidence, bounds), cands, relu=relu)
+    except FormulationError as err:
+        raise ExactCompressError(f"formulation {spec.name}: {err}") from None
+
+
+def validate(handle: Handle) -> None:
+    """Refuse, in one line, a model the drivers would misread: checked before every
+    solve, since the drivers change its objective and fixings between solves."""
+    try:
+        handle.validate()
+    except FormulationError as err:
+        raise ExactCompressError(f"{handle.model.name}: {err}") from None
 
 
 #: harvested MILP solutions kept as starting points of the gradient search
@@ -115,15 +150,18 @@ def run_network_strategy(
     progress: Progress,
     mine: bool = True,
     device: str | None = None,
+    relu: str = DEFAULT_RELU,
+    layer: int | None = None,
 ) -> dict:
     """ISA: maximise the number of flipped candidates, drop refuted ones, re-solve
     until the proven bound says none can flip. ``mine=False`` keeps the paper's
-    refutation: forward passes of the solutions only, no gradient search from them."""
-    cands = open_candidates(evidence)
+    refutation: forward passes of the solutions only, no gradient search from them.
+    ``layer`` restricts it to the candidates of that hidden layer."""
+    cands = [c for c in open_candidates(evidence) if layer in (None, c[0])]
     stats = {"candidates": len(cands), "solves": 0, "binaries": 0}
     if not cands:
         return stats
-    handle = spec.build(milp_input(evidence, bounds), cands)
+    handle = build_model(spec, evidence, bounds, cands, relu)
     stats["binaries"] = handle.n_binaries()
     solver = open_solver(handle)
     solver.load(handle)
@@ -153,6 +191,7 @@ def run_network_strategy(
         if left <= 0:
             break
         refuted_in_solve.clear()
+        validate(handle)
         outcome = solver.maximize(left, on_solution)
         stats["solves"] += 1
         drop_refuted()
@@ -164,8 +203,12 @@ def run_network_strategy(
             f"{len(refuted_in_solve)} refuted, {len(alive)} candidates left"
         )
         if outcome.status in ("optimal", "stopped") and outcome.bound < 1 - 1e-6:
+            why = count_inconsistency(evidence, outcome, list(alive))
             for c in alive:
-                prove_candidate(evidence, c)
+                if why:
+                    evidence.give_up(c[0], [c[1]], why)
+                else:
+                    prove_candidate(evidence, c)
             alive.clear()
         elif outcome.status == "optimal" and not refuted_in_solve:
             # the count can only be raised within FLIP_MARGIN of 0, where no forward pass
@@ -194,6 +237,7 @@ def run_neuron_strategy(
     progress: Progress,
     mine: bool = True,
     device: str | None = None,
+    relu: str = DEFAULT_RELU,
 ) -> dict:
     """LEO: per candidate, maximise g (or -g) and stop once the sign is settled.
     ``mine`` and ``device`` are accepted for a common signature and unused: each solve
@@ -202,7 +246,7 @@ def run_neuron_strategy(
     stats = {"candidates": len(cands), "solves": 0, "binaries": 0}
     if not cands:
         return stats
-    handle = spec.build(milp_input(evidence, bounds), cands)
+    handle = build_model(spec, evidence, bounds, cands, relu)
     stats["binaries"] = handle.n_binaries()
     solver = open_solver(handle)
     solver.load(handle)
@@ -239,10 +283,14 @@ def decide_by_extreme(
         evidence.observe(x, STAGE)
         return Reaction(stop=is_refuted(evidence, cand))
 
+    validate(handle)
     outcome = solver.maximize(left, on_solution, stop_below=-FLIP_MARGIN)
     if is_refuted(evidence, cand):
         return outcome.status
-    if outcome.status in ("optimal", "stopped") and outcome.bound < -FLIP_MARGIN:
+    why = extreme_inconsistency(evidence, outcome, cand)
+    if outcome.status in ("optimal", "stopped") and outcome.bound < -FLIP_MARGIN and why:
+        evidence.give_up(layer, [j], why)
+    elif outcome.status in ("optimal", "stopped") and outcome.bound < -FLIP_MARGIN:
         prove_candidate(evidence, cand)
         tighten(handle, cand, outcome.bound)
     elif outcome.status == "optimal":
@@ -252,19 +300,93 @@ def decide_by_extreme(
     return outcome.status
 
 
+def _tolerance(bound: float) -> float:
+    return 1e-6 * (1.0 + abs(bound))
+
+
+def extreme_inconsistency(evidence: NeuronEvidence, outcome, cand: Candidate) -> str:
+    """Why a bound on s g from the solver cannot be a proof, or '' when nothing contradicts
+    it: its own incumbent, or any point forward-passed so far, above the bound."""
+    layer, j, side = cand
+    seen = evidence.g_max[layer][j] if side == "pos" else -evidence.g_min[layer][j]
+    tol = _tolerance(outcome.bound)
+    if outcome.best is not None and outcome.best > outcome.bound + tol:
+        return f"solver inconsistency: incumbent {outcome.best:.6g} above bound {outcome.bound:.6g}"
+    if seen > outcome.bound + tol:
+        return (
+            f"solver inconsistency: a forward pass reaches {seen:.6g}, "
+            f"above bound {outcome.bound:.6g}"
+        )
+    return ""
+
+
+def count_inconsistency(evidence: NeuronEvidence, outcome, alive: list[Candidate]) -> str:
+    """Why a count bound below 1 cannot prove the candidates still alive, or '': the
+    incumbent counts a flip above the bound and its forward pass brings a live candidate
+    within FLIP_MARGIN of its unseen side (a flip of a refuted one is no contradiction)."""
+    if outcome.best is None or outcome.best <= outcome.bound + _tolerance(outcome.bound):
+        return ""
+    if outcome.x is None:
+        return f"solver inconsistency: incumbent {outcome.best:.6g} above bound {outcome.bound:.6g}"
+    g = evidence.net.preactivations(evidence.box.clip(np.atleast_2d(outcome.x)))
+    for layer, j, side in alive:
+        value = g[layer][0, j] if side == "pos" else -g[layer][0, j]
+        if value >= -FLIP_MARGIN:
+            return (
+                f"solver inconsistency: the incumbent counts {outcome.best:.6g} flips, "
+                f"bound {outcome.bound:.6g}"
+            )
+    return ""
+
+
 def tighten(handle: Handle, cand: Candidate, bound: float) -> None:
     """A proved neuron is linear or zero from now on, and its proven bound is kept."""
     layer, j, side = cand
     key = (layer, j)
-    if key in handle.a:
-        handle.a[key].fix(0 if side == "pos" else 1)
+    handle.fix_state(key, active=(side == "neg"))
     if side == "pos":
         handle.upper[key].set_value(min(handle.upper[key].value, bound))
     else:
         handle.lower[key].set_value(max(handle.lower[key].value, -bound))
 
 
-STRATEGIES = {"network": run_network_strategy, "neuron": run_neuron_strategy}
+def run_layer_strategy(
+    evidence: NeuronEvidence,
+    spec: FormulationSpec,
+    bounds: LayerBounds,
+    open_solver: AdapterFactory,
+    deadline: float,
+    progress: Progress,
+    mine: bool = True,
+    device: str | None = None,
+    relu: str = DEFAULT_RELU,
+) -> dict:
+    """The seed's per-layer ISA: the network strategy on one hidden layer's candidates
+    at a time, in order, so each layer's model is built with the neurons proved in the
+    layers before it fixed."""
+    stats = {"candidates": 0, "solves": 0, "binaries": 0}
+    for layer in range(evidence.net.n_hidden):
+        neurons = sorted({j for k, j, _ in open_candidates(evidence) if k == layer})
+        if not neurons:
+            continue
+        if seconds_left(deadline) <= 0:
+            evidence.give_up(layer, neurons, "time limit")
+            continue
+        progress(f"  layer {layer + 1}: {len(neurons)} neurons open")
+        part = run_network_strategy(
+            evidence, spec, bounds, open_solver, deadline, progress, mine, device, relu, layer
+        )
+        for key in stats:
+            stats[key] += part[key]
+    return stats
+
+
+#: strategy name (``FormulationSpec.strategy``) -> the driver that solves its models
+STRATEGIES = {
+    "network": run_network_strategy,
+    "neuron": run_neuron_strategy,
+    "layer": run_layer_strategy,
+}
 
 
 def run_exact_stage(
@@ -276,8 +398,16 @@ def run_exact_stage(
     progress: Progress,
     mine: bool = True,
     device: str | None = None,
+    relu: str = DEFAULT_RELU,
 ) -> dict:
     """Run the formulation's strategy; ``mine`` lets it search for witnesses from the
-    solver's solutions on torch ``device``."""
+    solver's solutions on torch ``device``; ``relu`` names the ReLU encoding."""
+    if spec.strategy not in STRATEGIES:
+        raise ExactCompressError(
+            f"formulation {spec.name} asks for strategy {spec.strategy!r}; "
+            f"strategies: {', '.join(STRATEGIES)}"
+        )
     strategy = STRATEGIES[spec.strategy]
-    return strategy(evidence, spec, bounds, open_solver, deadline, progress, mine, device)
+    return strategy(
+        evidence, spec, bounds, open_solver, deadline, progress, mine, device, relu=relu
+    )

@@ -44,6 +44,8 @@ class NeuronEvidence:
     g_min: list[np.ndarray] = field(init=False)
     n_observed: int = field(init=False, default=0)
     notes: dict[tuple[int, int], str] = field(default_factory=dict)
+    #: solver proofs re-proved in sound arithmetic (--certify)
+    certified: set[tuple[int, int]] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         widths = self.net.hidden_widths
@@ -106,6 +108,22 @@ class NeuronEvidence:
         for j in np.asarray(neurons, dtype=int):
             self.given_up[layer][j] = True
             self.notes.setdefault((layer, int(j)), why)
+
+    def retract(self, layer: int, j: int, why: str) -> None:
+        """Withdraw a proof that could not be confirmed: the neuron becomes undecided."""
+        self.proved_active[layer][j] = self.proved_inactive[layer][j] = False
+        self.decider[layer][j] = ""
+        self.given_up[layer][j] = True
+        self.notes[(layer, int(j))] = why
+
+    def sound_fixed_states(self, sound: tuple[str, ...]) -> list[np.ndarray]:
+        """``fixed_states`` restricted to proofs by the ``sound`` deciders or certified."""
+        out = []
+        for layer, fixed in enumerate(self.fixed_states()):
+            keep = np.isin(self.decider[layer], sound)
+            keep |= np.array([(layer, j) in self.certified for j in range(fixed.size)], dtype=bool)
+            out.append(np.where(keep, fixed, 0).astype(np.int8))
+        return out
 
     def _check_consistent(self, layer: int) -> None:
         bad = (self.proved_inactive[layer] & self.seen_pos[layer]) | (

@@ -9,21 +9,22 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
 import formulations
 
 from . import refute
-from .bounds import LayerBounds, compute_bounds, decide_from_bounds
+from .bab import SOUND, certify_solver_proofs, run_bab
+from .bounds import METHODS, LayerBounds, compute_bounds, decide_from_bounds
 from .domain import Box
 from .errors import ExactCompressError
-from .exact import run_exact_stage
+from .exact import open_candidates, run_exact_stage
 from .network import ReLUNetwork
 from .report import NeuronEvidence, StabilityReport
 from .solvers import solver_factory
-from .tighten import lp_tighten
+from .tighten import lp_tighten, tighten_for_exact
 
 Progress = Callable[[str], None]
 
@@ -32,6 +33,15 @@ Progress = Callable[[str], None]
 SAMPLING_ROUND = 2000
 #: --tighten choices: none, or LP bounds of the open neurons before the MILP
 TIGHTEN = ("none", "lp")
+#: --prover choices: the MILP of a formulation, branch and bound on sound bounds, or both
+PROVERS = ("auto", "bab", "milp")
+#: --bounds choices: auto tightens only what reaches the exact stage
+BOUNDS = ("auto", *METHODS)
+#: share of the time left that --bounds auto may spend tightening (seconds without a limit)
+TIGHTEN_SHARE, TIGHTEN_CAP = 0.25, 60.0
+#: --prover auto: share of the time left for branch and bound, split over the candidates
+#: (seconds per candidate without a limit); the MILP gets what it leaves open
+BAB_SHARE, BAB_CAP = 0.5, 60.0
 
 
 @dataclass
@@ -39,8 +49,10 @@ class StabilityOptions:
     """Everything that selects a configuration; ``paper()`` gives the NeurIPS 2021 one."""
 
     formulation: str = "network"
+    relu: str = formulations.DEFAULT_RELU  # a name of formulations.relu_names()
     solver: str = "auto"
-    bounds: str = "interval"  # fastest overall: benchmarks/README.md, bounds and LP tightening
+    bounds: str = "auto"  # interval for the cheap stages, tightened before the exact stage
+    prover: str = "auto"
     witness_search: bool = True
     tighten: str = "none"
     samples: int = 10_000
@@ -48,6 +60,8 @@ class StabilityOptions:
     seed: int = 0
     device: str | None = None
     threads: int | None = None
+    jobs: int = 1
+    certify: bool = False
     verbose: bool = False
 
     def __post_init__(self) -> None:
@@ -55,6 +69,16 @@ class StabilityOptions:
             raise ExactCompressError(f"time limit must be >= 0 seconds, got {self.time_limit}")
         if self.samples < 0:
             raise ExactCompressError(f"samples must be >= 0, got {self.samples}")
+        if self.bounds not in BOUNDS:
+            raise ExactCompressError(
+                f"unknown bounds method {self.bounds!r}; choose one of {', '.join(BOUNDS)}"
+            )
+        if self.prover not in PROVERS:
+            raise ExactCompressError(
+                f"unknown prover {self.prover!r}; choose one of {', '.join(PROVERS)}"
+            )
+        if self.jobs < 1:
+            raise ExactCompressError(f"jobs must be >= 1, got {self.jobs}")
         if self.tighten not in TIGHTEN:
             raise ExactCompressError(
                 f"unknown tightening {self.tighten!r}; choose one of {', '.join(TIGHTEN)}"
@@ -63,7 +87,7 @@ class StabilityOptions:
     @classmethod
     def paper(cls, **overrides) -> StabilityOptions:
         """Interval big-M, the data as the only refutation, the network formulation."""
-        base = {"bounds": "interval", "witness_search": False, "samples": 0}
+        base = {"bounds": "interval", "prover": "milp", "witness_search": False, "samples": 0}
         return cls(**{**base, **overrides})
 
 
@@ -87,81 +111,186 @@ def find_stable_neurons(
             )
     try:
         spec = formulations.get(options.formulation)
+        formulations.relu_encoding(options.relu)
     except (KeyError, ImportError) as err:
         raise ExactCompressError(str(err.args[0])) from None
-    open_solver = solver_factory(options.solver, options.verbose, options.threads, say)
-
-    evidence = NeuronEvidence(net, box)
-    seconds = {"bounds": 0.0, "refute": 0.0, "witness": 0.0, "lp": 0.0, "milp": 0.0}
     start = time.monotonic()
-    deadline = start + (float("inf") if options.time_limit is None else options.time_limit)
-    rng = np.random.default_rng(options.seed)
-    interrupted, milp_stats = False, {}
-    stage_names = [
-        ("bounds", lambda: _bounds_stage(evidence, options)),
-        ("refute", lambda: _sampling_stage(evidence, data, options, rng)),
-        ("witness", lambda: _witness_stage(evidence, data, options, rng)),
-        ("lp", lambda: _lp_stage(evidence, bounds, options, deadline, say)),
-    ]
-    bounds: LayerBounds | None = None
-    candidates: list[dict] = []
+    ctx = Context(
+        evidence=NeuronEvidence(net, box),
+        data=data,
+        options=options,
+        rng=np.random.default_rng(options.seed),
+        deadline=start + (float("inf") if options.time_limit is None else options.time_limit),
+        say=say,
+        spec=spec,
+        open_solver=solver_factory(options.solver, options.verbose, options.threads, say),
+    )
+    seconds = dict.fromkeys(STAGE_NAMES, 0.0)
+    interrupted = False
     try:
-        for name, run in stage_names:
+        for stage in STAGES:
             t0 = time.monotonic()
-            result = run()
-            seconds[name] = time.monotonic() - t0
-            if name in ("bounds", "lp"):
-                bounds = result
-            say(f"{name:8s} {seconds[name]:7.2f} s   {_summary(evidence)}")
-        candidates = _milp_candidates(evidence, bounds)
-        t0 = time.monotonic()
-        milp_stats = run_exact_stage(
-            evidence,
-            spec,
-            bounds,
-            open_solver,
-            deadline,
-            say,
-            mine=options.witness_search,
-            device=options.device,
-        )
-        seconds["milp"] = time.monotonic() - t0
-        say(f"{'milp':8s} {seconds['milp']:7.2f} s   {_summary(evidence)}")
+            stage.run(ctx)
+            seconds[stage.name] = time.monotonic() - t0
+            say(f"{stage.name:8s} {seconds[stage.name]:7.2f} s   {_summary(ctx.evidence)}")
     except KeyboardInterrupt:
         interrupted = True
         say("interrupted: keeping what was decided so far")
     seconds["total"] = time.monotonic() - start
-    states = evidence.states()
-    for cand in candidates:
+    states = ctx.evidence.states()
+    for cand in ctx.candidates:
         cand["outcome"] = str(states[cand["layer"] - 1][cand["neuron"]])
-    milp_stats["why_candidates"] = candidates
-    return _report(evidence, options, box, seconds, interrupted, milp_stats, open_solver)
+        cand["decided_by"] = str(ctx.evidence.decider[cand["layer"] - 1][cand["neuron"]])
+    milp_stats = dict(ctx.stats.get("milp", {}))
+    milp_stats["why_candidates"] = ctx.candidates
+    return _report(ctx, seconds, interrupted, milp_stats)
 
 
-def _bounds_stage(evidence: NeuronEvidence, options: StabilityOptions) -> LayerBounds:
-    bounds = compute_bounds(evidence.net, evidence.box, options.bounds, options.device)
+@dataclass
+class Context:
+    """What the stages share: the evidence they grow, the bounds they tighten, the
+    options and the clock. ``stats[stage]`` is what a stage reports for stability.json."""
+
+    evidence: NeuronEvidence
+    data: np.ndarray | None
+    options: StabilityOptions
+    rng: np.random.Generator
+    deadline: float
+    say: Progress
+    spec: formulations.FormulationSpec
+    open_solver: Callable
+    bounds: LayerBounds | None = None
+    candidates: list[dict] = field(default_factory=list)
+    stats: dict[str, dict] = field(default_factory=dict)
+
+    def exact_candidates(self) -> list[tuple[int, int, str]]:
+        return open_candidates(self.evidence)
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One step of the pipeline: its name (in the log, stability.json's ``seconds`` and
+    the benchmark tables), the decider names it may record, and what it does."""
+
+    name: str
+    deciders: tuple[str, ...]
+    run: Callable[[Context], None]
+
+
+def cheap_bounds(options: StabilityOptions) -> str:
+    """The bounds method of the cheap stages: ``auto`` keeps them at interval arithmetic
+    and tightens only what reaches the exact stage."""
+    return "interval" if options.bounds == "auto" else options.bounds
+
+
+def _bounds_stage(ctx: Context) -> None:
+    evidence, options = ctx.evidence, ctx.options
+    ctx.bounds = compute_bounds(evidence.net, evidence.box, cheap_bounds(options), options.device)
+    _prove_from_bounds(evidence, ctx.bounds, "bounds")
+
+
+def _prove_from_bounds(evidence: NeuronEvidence, bounds: LayerBounds, stage: str) -> int:
+    """Record every open neuron whose bounds do not cross 0; returns how many."""
+    before = sum(int(evidence.settled(k).sum()) for k in range(evidence.net.n_hidden))
     active, inactive = decide_from_bounds(bounds)
     for layer, (pa, pi) in enumerate(zip(active, inactive)):
-        evidence.prove(layer, np.flatnonzero(pi), active=False, stage="bounds")
-        evidence.prove(layer, np.flatnonzero(pa & ~pi), active=True, stage="bounds")
-    return bounds
+        pi = pi & ~evidence.settled(layer)
+        pa = pa & ~pi & ~evidence.settled(layer)
+        evidence.prove(layer, np.flatnonzero(pi), active=False, stage=stage)
+        evidence.prove(layer, np.flatnonzero(pa), active=True, stage=stage)
+    return sum(int(evidence.settled(k).sum()) for k in range(evidence.net.n_hidden)) - before
 
 
-def _lp_stage(
-    evidence: NeuronEvidence,
-    bounds: LayerBounds,
-    options: StabilityOptions,
-    deadline: float,
-    say: Progress,
-) -> LayerBounds:
+def _lp_stage(ctx: Context) -> None:
+    evidence, options = ctx.evidence, ctx.options
     if options.tighten != "lp" or evidence.n_open() == 0:
-        return bounds
-    return lp_tighten(evidence, bounds, options.bounds, deadline, options.device, say)[0]
+        return
+    ctx.bounds, ctx.stats["lp"] = lp_tighten(
+        evidence, ctx.bounds, cheap_bounds(options), ctx.deadline, options.device, ctx.say
+    )
 
 
-def _sampling_stage(
-    evidence: NeuronEvidence, data: np.ndarray | None, options: StabilityOptions, rng
-) -> None:
+def _tighten_stage(ctx: Context) -> None:
+    """With ``--bounds auto``: tight bounds for the neurons the exact stage will model,
+    paid only when candidates reach it; they also decide some candidates outright."""
+    ctx.candidates = _exact_candidates(ctx.evidence, ctx.bounds)
+    cands = ctx.exact_candidates()
+    if ctx.options.bounds != "auto" or not cands:
+        return
+    deepest = max(layer for layer, _, _ in cands)
+    deadline = _share(ctx.deadline, TIGHTEN_SHARE, TIGHTEN_CAP)
+    ctx.bounds, stats = tighten_for_exact(
+        ctx.evidence, ctx.bounds, deepest, deadline, ctx.options.device, ctx.say
+    )
+    stats["proved"] = _prove_from_bounds(ctx.evidence, ctx.bounds, "tighten")
+    ctx.stats["tighten"] = stats
+
+
+def _bab_stage(ctx: Context) -> None:
+    cands = ctx.exact_candidates()
+    options = ctx.options
+    if options.prover not in ("bab", "auto") or not cands:
+        return
+    alone = options.prover == "bab"
+    budget = float("inf") if alone else _bab_budget(ctx.deadline, len(cands))
+    stats = run_bab(
+        ctx.evidence,
+        ctx.bounds,
+        cands,
+        ctx.deadline,
+        ctx.say,
+        device=options.device,
+        budget=budget,
+        give_up=alone,
+    )
+    ctx.stats["bab"] = stats.to_json()
+
+
+def _milp_stage(ctx: Context) -> None:
+    options = ctx.options
+    if options.prover not in ("milp", "auto") or not ctx.exact_candidates():
+        return
+    ctx.stats["milp"] = run_exact_stage(
+        ctx.evidence,
+        ctx.spec,
+        ctx.bounds,
+        ctx.open_solver,
+        ctx.deadline,
+        ctx.say,
+        mine=options.witness_search,
+        device=options.device,
+        relu=options.relu,
+    )
+
+
+def _certify_stage(ctx: Context) -> None:
+    """``--certify``: re-prove every MILP proof by branch and bound in sound arithmetic;
+    a neuron whose re-proof fails goes back to undecided."""
+    if not ctx.options.certify:
+        return
+    ctx.stats["certify"] = certify_solver_proofs(
+        ctx.evidence, ctx.bounds, ctx.deadline, ctx.say, ctx.options.device
+    )
+
+
+def _share(deadline: float, share: float, cap: float) -> float:
+    """A deadline ``share`` of the time left (at most ``cap`` seconds without a limit)."""
+    now = time.monotonic()
+    if not np.isfinite(deadline):
+        return now + cap
+    return now + share * max(0.0, deadline - now)
+
+
+def _bab_budget(deadline: float, n_candidates: int) -> float:
+    """Seconds of branch and bound per candidate before ``auto`` hands it to the MILP."""
+    now = time.monotonic()
+    if not np.isfinite(deadline):
+        return BAB_CAP
+    return max(1.0, BAB_SHARE * max(0.0, deadline - now) / max(1, n_candidates))
+
+
+def _sampling_stage(ctx: Context) -> None:
+    evidence, data, options, rng = ctx.evidence, ctx.data, ctx.options, ctx.rng
     if data is not None:
         for chunk in np.array_split(data, max(1, len(data) // 4096)):
             evidence.observe(chunk, "data")
@@ -176,9 +305,8 @@ def _sampling_stage(
         left -= n
 
 
-def _witness_stage(
-    evidence: NeuronEvidence, data: np.ndarray | None, options: StabilityOptions, rng
-) -> None:
+def _witness_stage(ctx: Context) -> None:
+    evidence, data, options, rng = ctx.evidence, ctx.data, ctx.options, ctx.rng
     if not options.witness_search or evidence.n_open() == 0:
         return
     net, box = evidence.net, evidence.box
@@ -198,7 +326,24 @@ def _witness_stage(
         evidence.observe(found, "witness")
 
 
-def _milp_candidates(evidence: NeuronEvidence, bounds: LayerBounds) -> list[dict]:
+#: the pipeline, cheapest evidence first; names are read by the CLI, report and benchmarks
+STAGES: tuple[Stage, ...] = (
+    Stage("bounds", ("bounds",), _bounds_stage),
+    Stage("refute", ("data", "sampling"), _sampling_stage),
+    Stage("witness", ("witness",), _witness_stage),
+    Stage("lp", ("lp",), _lp_stage),
+    Stage("tighten", ("tighten",), _tighten_stage),
+    Stage("bab", ("bab",), _bab_stage),
+    Stage("milp", ("milp",), _milp_stage),
+    Stage("certify", (), _certify_stage),
+)
+STAGE_NAMES: tuple[str, ...] = tuple(s.name for s in STAGES)
+#: every decider name a report may hold
+DECIDERS: tuple[str, ...] = tuple(d for s in STAGES for d in s.deciders)
+SOUND_DECIDERS = SOUND
+
+
+def _exact_candidates(evidence: NeuronEvidence, bounds: LayerBounds) -> list[dict]:
     """Each neuron about to reach the MILP, and why no earlier stage could decide it:
     its bounds cross 0, and no point tried put it on the side it was never seen on."""
     out = []
@@ -242,37 +387,53 @@ def _summary(evidence: NeuronEvidence) -> str:
     )
 
 
-def _report(
-    evidence: NeuronEvidence,
-    options: StabilityOptions,
-    box: Box,
-    seconds: dict,
-    interrupted: bool,
-    milp_stats: dict,
-    open_solver,
-) -> StabilityReport:
+def _report(ctx: Context, seconds: dict, interrupted: bool, milp_stats: dict) -> StabilityReport:
+    evidence, options = ctx.evidence, ctx.options
     deciders = [list(map(str, d)) for d in evidence.decider]
     decided_by: dict[str, int] = {}
     for d in evidence.decider:
         for name in d:
             if name:
                 decided_by[name] = decided_by.get(name, 0) + 1
-    witnesses = _witness_table(evidence)
     notes = [f"layer {k + 1} neuron {j}: {why}" for (k, j), why in sorted(evidence.notes.items())]
+    stages = {name: stats for name, stats in ctx.stats.items() if name != "milp"}
     return StabilityReport(
         widths=evidence.net.widths,
-        domain=box.to_json(),
+        domain=evidence.box.to_json(),
         formulation=options.formulation,
-        solver=getattr(open_solver, "chosen", options.solver),
+        solver=getattr(ctx.open_solver, "chosen", options.solver),
         states=evidence.states(),
         decided_by=decided_by,
         seconds=seconds,
         deciders=deciders,
-        witnesses=witnesses,
+        witnesses=_witness_table(evidence),
         notes=notes,
         interrupted=interrupted,
-        extra={"options": asdict(options), "milp": milp_stats},
+        extra={
+            "options": asdict(options),
+            "milp": milp_stats,
+            "stages": stages,
+            "proofs": _proof_kinds(evidence),
+        },
     )
+
+
+def _proof_kinds(evidence: NeuronEvidence) -> dict:
+    """How many stable claims rest on sound arithmetic and how many on a solver's word."""
+    stable = [
+        evidence.proved_active[k] | evidence.proved_inactive[k]
+        for k in range(len(evidence.decider))
+    ]
+    kinds = {"sound": 0, "solver": 0}
+    solver = []
+    for layer, (mask, names) in enumerate(zip(stable, evidence.decider)):
+        for j in np.flatnonzero(mask):
+            if names[j] in SOUND_DECIDERS or (layer, int(j)) in evidence.certified:
+                kinds["sound"] += 1
+            else:
+                kinds["solver"] += 1
+                solver.append([layer + 1, int(j)])
+    return {**kinds, "solver_neurons": solver}
 
 
 def _witness_table(evidence: NeuronEvidence) -> dict:

@@ -45,9 +45,11 @@ from .bounds import (
     ROW_CHUNK,
     LayerBounds,
     _BackSubstitution,
+    alpha_crown_bounds,
     pick_device,
     rounding_margin,
 )
+from .network import ReLUNetwork
 from .report import NeuronEvidence
 
 STAGE = "lp"
@@ -340,5 +342,81 @@ def lp_tighten(
     say(
         f"  lp: {stats['solves']} solves, {stats['proved']} proved, "
         f"{stats['refuted']} refuted, {stats['tightened']} bounds tightened"
+    )
+    return LayerBounds(lower, upper), stats
+
+
+def tighten_for_exact(
+    evidence: NeuronEvidence,
+    bounds: LayerBounds,
+    deepest: int,
+    deadline: float = float("inf"),
+    device=None,
+    progress: Progress | None = None,
+) -> tuple[LayerBounds, dict]:
+    """Tight bounds for the exact stage: alpha-CROWN, then one LP per side of every
+    unstable neuron of layers 2..deepest (the neurons that get a binary or a split in
+    the exact stage), layer by layer so that each layer's tighter bounds tighten the
+    next one's relaxation; widest relaxations first, until ``deadline``.
+
+    Layer 1 is exact under interval arithmetic already. Returns bounds never looser
+    than ``bounds`` and counts of what was done; decides nothing by itself (the
+    caller reads stable neurons off the new bounds).
+    """
+    say = progress or (lambda _msg: None)
+    net, box = evidence.net, evidence.box
+    stats = {"lp_solves": 0, "tightened": 0, "alpha_crown": False}
+    if deepest < 1:
+        return bounds, stats
+    head = ReLUNetwork(net.weights[: deepest + 2], net.biases[: deepest + 2])
+    if time.monotonic() < deadline:
+        tight = alpha_crown_bounds(head, box, device=device)
+        lower = [
+            np.maximum(a, b)
+            for a, b in zip(bounds.lower, tight.lower + bounds.lower[deepest + 1 :])
+        ]
+        upper = [
+            np.minimum(a, b)
+            for a, b in zip(bounds.upper, tight.upper + bounds.upper[deepest + 1 :])
+        ]
+        stats["alpha_crown"] = True
+    else:
+        lower, upper = [v.copy() for v in bounds.lower], [v.copy() for v in bounds.upper]
+    fixed = evidence.fixed_states()
+    lp = RelaxationLP(box.lo, box.hi)
+    lp.add_layer(net.weights[0], net.biases[0], lower[0], upper[0], fixed[0])
+    for layer in range(1, deepest):
+        w, b = net.weights[layer], net.biases[layer]
+        lo, up = lower[layer], upper[layer]
+        open_ = np.flatnonzero((lo < 0) & (up > 0) & (fixed[layer] == 0))
+        order = open_[np.argsort(-(up[open_] * -lo[open_]) / (up[open_] - lo[open_]))]
+        changed = False
+        for j in order:
+            for maximize in (True, False):
+                if time.monotonic() >= deadline:
+                    break
+                value, x = lp.extreme(w[j], float(b[j]), maximize, deadline - time.monotonic())
+                stats["lp_solves"] += 1
+                if value is None:
+                    continue
+                evidence.observe(x, "tighten")
+                if maximize and value < upper[layer][j]:
+                    upper[layer][j] = value
+                    stats["tightened"] += 1
+                    changed = True
+                elif not maximize and value > lower[layer][j]:
+                    lower[layer][j] = value
+                    stats["tightened"] += 1
+                    changed = True
+        if changed:
+            new = repropagate(net, box, LayerBounds(lower, upper), layer, "crown", device)
+            lower, upper = new.lower, new.upper
+        lp.add_layer(w, b, lower[layer], upper[layer], fixed[layer])
+        if time.monotonic() >= deadline:
+            say("  tighten: time share used up, the exact stage gets the bounds found so far")
+            break
+    say(
+        f"  tighten: alpha-CROWN{'' if stats['alpha_crown'] else ' skipped'}, "
+        f"{stats['lp_solves']} LP solves, {stats['tightened']} bounds tightened"
     )
     return LayerBounds(lower, upper), stats

@@ -1,0 +1,661 @@
+"""Branch and bound on sound bounds: the exact stage without a MILP solver (``--prover bab``).
+
+A candidate t of hidden layer L is proved stably inactive by an upper bound of g_t
+that is <= 0 over the domain (stably active: an upper bound of -g_t <= 0). When the
+root bound does not get there, the unstable ReLUs of layers < L are split, one at a
+time, into an active (g >= 0) and an inactive (g <= 0) subdomain, and each subdomain
+is bounded again; the candidate is proved once every subdomain is closed.
+
+Bounds of a subdomain (beta-CROWN, Wang et al. 2021, without its input-split part):
+
+- the intermediate bounds of layers < L start from the root bounds, are clamped by
+  the splits (an active split has lower >= 0, an inactive one upper <= 0) and, below
+  the first split, re-computed by CROWN through the split relaxations;
+- a split neuron is linear (active) or zero (inactive); every other unstable neuron
+  is relaxed by its triangle, with an optimised lower slope alpha in [0, 1];
+- each split constraint s g >= 0 enters the bound with a multiplier beta >= 0:
+  max f over the subdomain <= max over the relaxation of f + beta s g.
+
+Any alpha in [0, 1] and beta >= 0 give a valid bound, so they are optimised by
+projected gradient steps and the best bound seen is kept. Every bound is evaluated in
+float64 and widened by a bound on its rounding error (the analysis of
+``exactcompress.bounds``): a closed subdomain is a proof in sound arithmetic, not a
+solver's floating-point word. The point where the final linear bound is maximised is
+forward-passed as a witness candidate, and gradient search is started from the most
+promising subdomains, so a neuron that can flip is usually refuted on the way.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from . import refute
+from .bounds import EPS64, Adam, LayerBounds, pick_device
+from .domain import Box
+from .network import ReLUNetwork
+from .report import NeuronEvidence
+
+STAGE = "bab"
+#: deciders whose proofs rest on sound float64 arithmetic (a MILP proof rests on a solver)
+SOUND = ("bounds", "lp", "tighten", "bab")
+Progress = Callable[[str], None]
+Candidate = tuple[int, int, str]
+
+#: Adam step sizes: alpha lives in [0, 1]; beta is in units of the target's weights
+ALPHA_LR, BETA_LR = 0.1, 0.1
+#: subdomains split together in one batch (each gives two children)
+BATCH = 256
+#: projected Adam steps on alpha and beta per batch (more at the root)
+STEPS, ROOT_STEPS = 8, 30
+#: steps for a subdomain with nothing left to split: its bound is a linear program's
+#: Lagrangian dual, which projected gradient reaches slowly but surely
+LEAF_STEPS = 300
+#: gradient search from the most promising subdomains every this many batches
+SEARCH_EVERY = 8
+#: seconds between two progress lines
+PROGRESS_EVERY = 5.0
+
+
+@dataclass
+class CandidateOutcome:
+    """How one candidate's branch and bound ended."""
+
+    status: str  # proved | refuted | timeout | stuck
+    bound: float  # best global upper bound of s g when it stopped (<= 0 when proved)
+    domains: int  # subdomains bounded
+    depth: int  # most splits on one path
+    seconds: float
+
+
+@dataclass
+class _Relax:
+    """Per-subdomain linear bounds of relu(g_k): low g <= relu(g) <= up g + shift.
+
+    Tensors are (B, 1, n_k) so that they broadcast over the rows of each subdomain;
+    ``sign`` is the split direction (+1 active, -1 inactive, 0 free), ``mass`` bounds
+    |W_k| |h_{k-1}| + |b_k| (the scale of the rounding errors of the substitution).
+    """
+
+    up: torch.Tensor
+    shift: torch.Tensor
+    low: torch.Tensor
+    free: torch.Tensor
+    sign: torch.Tensor
+    mass: torch.Tensor
+
+
+@dataclass
+class _Domains:
+    """A set of subdomains, one row each: splits, intermediate bounds, alpha, beta."""
+
+    split: list[torch.Tensor]
+    lower: list[torch.Tensor]
+    upper: list[torch.Tensor]
+    alpha: list[torch.Tensor]
+    beta: list[torch.Tensor]
+    bound: torch.Tensor
+    depth: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.bound.shape[0])
+
+    def take(self, idx: torch.Tensor) -> _Domains:
+        return _Domains(
+            [t[idx] for t in self.split],
+            [t[idx] for t in self.lower],
+            [t[idx] for t in self.upper],
+            [t[idx] for t in self.alpha],
+            [t[idx] for t in self.beta],
+            self.bound[idx],
+            self.depth[idx],
+        )
+
+    @staticmethod
+    def cat(parts: list[_Domains]) -> _Domains:
+        def join(name: str) -> list[torch.Tensor]:
+            lists = [getattr(p, name) for p in parts]
+            return [torch.cat(ts) for ts in zip(*lists)]
+
+        return _Domains(
+            join("split"),
+            join("lower"),
+            join("upper"),
+            join("alpha"),
+            join("beta"),
+            torch.cat([p.bound for p in parts]),
+            torch.cat([p.depth for p in parts]),
+        )
+
+
+@dataclass
+class BabStats:
+    """Totals of one exact-stage run of the prover, for stability.json."""
+
+    candidates: int = 0
+    proved: int = 0
+    refuted: int = 0
+    undecided: int = 0
+    domains: int = 0
+    max_depth: int = 0
+    outcomes: list[dict] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return {
+            "candidates": self.candidates,
+            "proved": self.proved,
+            "refuted": self.refuted,
+            "undecided": self.undecided,
+            "domains": self.domains,
+            "max_depth": self.max_depth,
+        }
+
+
+class CandidateProver:
+    """Branch and bound for one target row c . g_L + const (c = +-e_j) over the box."""
+
+    def __init__(
+        self,
+        net: ReLUNetwork,
+        box: Box,
+        bounds: LayerBounds,
+        fixed: list[np.ndarray],
+        layer: int,
+        neuron: int,
+        sign: float,
+        device: torch.device,
+    ) -> None:
+        self.dev = device
+        self.layer = layer
+        params = net.tensors(device)
+        self.params = params[:layer]
+        w, b = params[layer]
+        self.target_w = (sign * w[neuron]).reshape(1, 1, -1)
+        self.target_b = (sign * b[neuron]).reshape(1, 1)
+        self.scale = float(w[neuron].abs().max().clamp_min(1e-12))
+        self.lo = torch.from_numpy(box.lo).to(device)
+        self.hi = torch.from_numpy(box.hi).to(device)
+        self.box_mag = torch.maximum(self.lo.abs(), self.hi.abs())
+        self.root_lower, self.root_upper = [], []
+        for k in range(layer):
+            lo = torch.from_numpy(bounds.lower[k]).to(device).clone()
+            up = torch.from_numpy(bounds.upper[k]).to(device).clone()
+            f = torch.from_numpy(np.asarray(fixed[k])).to(device)
+            lo = torch.where(f > 0, lo.clamp_min(0.0), lo)
+            up = torch.where(f < 0, up.clamp_max(0.0), up)
+            self.root_lower.append(lo)
+            self.root_upper.append(up)
+        # neurons that may still be split: unstable under the root bounds
+        self.splittable = [(lo < 0) & (up > 0) for lo, up in zip(self.root_lower, self.root_upper)]
+
+    # ---- bounds --------------------------------------------------------------------
+    def root(self) -> _Domains:
+        one = [t[None].clone() for t in self.root_lower]
+        return _Domains(
+            [torch.zeros_like(t, dtype=torch.int8) for t in one],
+            one,
+            [t[None].clone() for t in self.root_upper],
+            [_crown_alpha(lo, up) for lo, up in zip(one, self.root_upper)],
+            [torch.zeros_like(t) for t in one],
+            torch.full((1,), torch.inf, dtype=torch.float64, device=self.dev),
+            torch.zeros(1, dtype=torch.int64, device=self.dev),
+        )
+
+    def _mass(self, k: int, upper: list[torch.Tensor]) -> torch.Tensor:
+        w, b = self.params[k]
+        h_mag = self.box_mag[None] if k == 0 else upper[k - 1].clamp_min(0)
+        return (h_mag @ w.abs().T + b.abs())[:, None, :]
+
+    def _relax(
+        self,
+        k: int,
+        lower: torch.Tensor,
+        upper: torch.Tensor,
+        split: torch.Tensor,
+        alpha: torch.Tensor | None,
+        mass: torch.Tensor,
+    ) -> _Relax:
+        active = lower >= 0
+        inactive = (upper <= 0) & ~active
+        free = ~active & ~inactive
+        width = torch.where(free, upper - lower, torch.ones_like(upper))
+        up = torch.where(free, upper / width, active.to(upper.dtype))
+        shift = torch.maximum(-up * lower, upper * (1 - up)) * (1 + 8 * EPS64)
+        shift = torch.where(free, shift, torch.zeros_like(shift))
+        default_low = torch.where(free, (upper > -lower).to(upper.dtype), active.to(upper.dtype))
+        low = default_low if alpha is None else torch.where(free, alpha, default_low)
+        sign = split.to(upper.dtype)
+        return _Relax(up[:, None], shift[:, None], low[:, None], free[:, None], sign[:, None], mass)
+
+    def _backward(
+        self,
+        relax: list[_Relax],
+        coef: torch.Tensor,
+        const: torch.Tensor,
+        beta: list[torch.Tensor] | None = None,
+        keep: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+        """Sound upper bound of coef . h_{K-1} + const over each subdomain (B, R rows).
+
+        Returns the bound (B, R), the coefficients on the input (B, R, n0) and, with
+        ``keep``, the coefficients on h_k of every layer (for branching scores).
+        """
+        err = torch.zeros_like(const)
+        kept: list[torch.Tensor] = [None] * len(relax)  # type: ignore[list-item]
+        for k in range(len(relax) - 1, -1, -1):
+            w, b = self.params[k]
+            r = relax[k]
+            if keep:
+                kept[k] = coef
+            pos, neg = coef.clamp_min(0), coef.clamp_max(0)
+            d = pos * r.up + neg * r.low
+            d_mag = pos * r.up - neg * r.low
+            if beta is not None:
+                d = d + beta[k][:, None] * r.sign
+                d_mag = d_mag + beta[k][:, None] * r.sign.abs()
+            lifted = (pos * r.shift).sum(-1)
+            mass = (d_mag * r.mass).sum(-1) + const.abs() + lifted
+            err = err + 2 * (w.shape[0] + 4) * EPS64 * mass + 1e-300
+            const = const + lifted + d @ b
+            coef = d @ w
+        value = (coef.clamp_min(0) * self.hi).sum(-1) + (coef.clamp_max(0) * self.lo).sum(-1)
+        value = value + const
+        mass = (coef.abs() * self.box_mag).sum(-1) + const.abs()
+        value = value + err + 2 * (coef.shape[-1] + 4) * EPS64 * mass + 1e-300
+        return value, coef, kept
+
+    def intermediate(
+        self, dom: _Domains
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
+        """Intermediate bounds of every subdomain, clamped by its splits and tightened by
+        CROWN below its first split; also which subdomains turned out empty."""
+        lower = [t.clone() for t in dom.lower]
+        upper = [t.clone() for t in dom.upper]
+        empty = torch.zeros(len(dom), dtype=torch.bool, device=self.dev)
+        first = None
+        for k in range(self.layer):
+            split = dom.split[k]
+            if k > 0 and first is not None:
+                rows = torch.nonzero(self.splittable[k]).reshape(-1)
+                if rows.numel():
+                    relax = [
+                        self._relax(i, lower[i], upper[i], dom.split[i], None, self._mass(i, upper))
+                        for i in range(k)
+                    ]
+                    w, b = self.params[k]
+                    coef = torch.cat([w[rows], -w[rows]])[None].expand(len(dom), -1, -1)
+                    const = torch.cat([b[rows], -b[rows]])[None].expand(len(dom), -1)
+                    ub, _, _ = self._backward(relax, coef, const)
+                    n = rows.numel()
+                    upper[k][:, rows] = torch.minimum(upper[k][:, rows], ub[:, :n])
+                    lower[k][:, rows] = torch.maximum(lower[k][:, rows], -ub[:, n:])
+            lower[k] = torch.where(split > 0, lower[k].clamp_min(0.0), lower[k])
+            upper[k] = torch.where(split < 0, upper[k].clamp_max(0.0), upper[k])
+            empty |= (lower[k] > upper[k]).any(dim=1)
+            if first is None and bool((split != 0).any()):
+                first = k
+        return lower, upper, empty
+
+    def bound(self, dom: _Domains, steps: int) -> tuple[torch.Tensor, torch.Tensor, list]:
+        """Optimise alpha and beta of each subdomain; returns the best sound bound, the
+        input point maximising the final linear bound, and per-layer coefficients."""
+        lower, upper, empty = self.intermediate(dom)
+        dom.lower, dom.upper = lower, upper
+        masses = [self._mass(k, upper) for k in range(self.layer)]
+        alpha = [a.clone().requires_grad_() for a in dom.alpha]
+        beta = [b.clone().requires_grad_() for b in dom.beta]
+        groups = [
+            ([t for t in alpha if t.numel()], ALPHA_LR),
+            ([t for t in beta if t.numel()], BETA_LR * self.scale),
+        ]
+        groups = [g for g in groups if g[0]]
+        opt = Adam(groups) if groups else None
+        best = torch.full((len(dom),), torch.inf, dtype=torch.float64, device=self.dev)
+        best_x = self.lo.expand(len(dom), -1).clone()
+        best_alpha = [a.detach().clone() for a in alpha]
+        best_beta = [b.detach().clone() for b in beta]
+        kept: list = []
+        n0 = self.lo.shape[0]
+        for step in range(steps + 1):
+            relax = [
+                self._relax(k, lower[k], upper[k], dom.split[k], alpha[k], masses[k])
+                for k in range(self.layer)
+            ]
+            value, coef, kept = self._backward(
+                relax,
+                self.target_w.expand(len(dom), 1, -1),
+                self.target_b.expand(len(dom), 1),
+                beta,
+                keep=True,
+            )
+            value = value[:, 0]
+            with torch.no_grad():
+                better = value < best
+                best = torch.where(better, value.detach(), best)
+                x = torch.where(coef[:, 0] > 0, self.hi, self.lo).reshape(-1, n0)
+                best_x = torch.where(better[:, None], x, best_x)
+                for kept_a, a in zip(best_alpha, alpha):
+                    kept_a[better] = a.detach()[better]
+                for kept_b, b in zip(best_beta, beta):
+                    kept_b[better] = b.detach()[better]
+            if opt is None or step == steps or bool((best <= 0).all()):
+                break
+            opt.zero_grad()
+            value.sum().backward()
+            opt.step()
+            with torch.no_grad():
+                for a in alpha:
+                    a.clamp_(0.0, 1.0)
+                for b in beta:
+                    b.clamp_(min=0.0)
+        dom.alpha, dom.beta = best_alpha, best_beta
+        # a subdomain is inside its parent, so the parent's bound holds for it too
+        best = torch.minimum(best, dom.bound)
+        best = torch.where(empty, torch.full_like(best, -torch.inf), best)
+        dom.bound = best
+        kept = [k.detach()[:, 0] for k in kept]
+        return best, best_x, kept
+
+    # ---- branching -----------------------------------------------------------------
+    def branch(self, dom: _Domains, kept: list[torch.Tensor]) -> tuple[_Domains, torch.Tensor]:
+        """Split each subdomain on its highest-scoring free unstable neuron (BaBSR-like
+        score: how much of the bound the neuron's relaxation adds); returns the children
+        (active halves first) and which parents had nothing left to split."""
+        scores, where = [], []
+        for k in range(self.layer):
+            lo, up = dom.lower[k], dom.upper[k]
+            free = (lo < 0) & (up > 0) & (dom.split[k] == 0)
+            lam = kept[k]
+            width = torch.where(free, up - lo, torch.ones_like(up))
+            shift = -up * lo / width
+            a = dom.alpha[k]
+            gap = torch.maximum(-a * lo, (1 - a) * up)
+            s = lam.clamp_min(0) * shift + (-lam).clamp_min(0) * gap
+            s = torch.where(free, s + 1e-12 * width, torch.full_like(s, -1.0))
+            best, idx = s.max(dim=1)
+            scores.append(best)
+            where.append(idx)
+        score = torch.stack(scores, dim=1)
+        layer_of = score.argmax(dim=1)
+        stuck = score.max(dim=1).values < 0
+        keep = ~stuck
+        dom = dom.take(torch.nonzero(keep).reshape(-1))
+        layer_of = layer_of[keep]
+        neuron_of = torch.stack(where, dim=1)[keep].gather(1, layer_of[:, None])[:, 0]
+        children = []
+        for direction in (1, -1):
+            child = dom.take(torch.arange(len(dom), device=self.dev))
+            child.split = [s.clone() for s in child.split]
+            child.beta = [b.clone() for b in child.beta]
+            for k in range(self.layer):
+                rows = torch.nonzero(layer_of == k).reshape(-1)
+                if rows.numel():
+                    child.split[k][rows, neuron_of[rows]] = direction
+                    child.beta[k][rows, neuron_of[rows]] = 0.0
+            child.depth = child.depth + 1
+            children.append(child)
+        return _Domains.cat(children), stuck
+
+
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """Branch and bound runs many small tensor operations, for which torch's thread pool
+    costs more than it gives (30x slower seen on 2 busy cores); --jobs runs candidates
+    side by side instead."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
+def _crown_alpha(lower: torch.Tensor, upper: torch.Tensor) -> torch.Tensor:
+    return (upper > -lower).to(upper.dtype)
+
+
+def prove_candidate(
+    evidence: NeuronEvidence,
+    bounds: LayerBounds,
+    cand: Candidate,
+    deadline: float,
+    device: torch.device,
+    progress: Progress,
+    fixed: list[np.ndarray] | None = None,
+) -> CandidateOutcome:
+    """Branch and bound on one candidate until it is proved, refuted or out of time.
+
+    Proofs are recorded in ``evidence`` with decider ``bab``; every bounded subdomain
+    offers its maximiser of the linear bound as a witness, and gradient search runs
+    from the most promising subdomains after each batch. ``fixed`` (default: every state
+    proved so far) are the neuron states the bounds may rely on.
+    """
+    layer, j, side = cand
+    start = time.monotonic()
+    net = evidence.net
+    sign = 1.0 if side == "pos" else -1.0
+    seen = evidence.seen_pos if side == "pos" else evidence.seen_neg
+    prover = CandidateProver(
+        net,
+        evidence.box,
+        bounds,
+        evidence.fixed_states() if fixed is None else fixed,
+        layer,
+        j,
+        sign,
+        device,
+    )
+
+    def refuted() -> bool:
+        return bool(seen[layer][j])
+
+    def done(status: str, bound: float, n: int, depth: int) -> CandidateOutcome:
+        return CandidateOutcome(status, bound, n, depth, time.monotonic() - start)
+
+    with torch.no_grad():
+        root = prover.root()
+    bound, x, kept = prover.bound(root, ROOT_STEPS)
+    evidence.observe(x.cpu().numpy(), STAGE)
+    if refuted():
+        return done("refuted", float(bound[0]), 1, 0)
+    if bool(bound[0] <= 0):
+        return done("proved", float(bound[0]), 1, 0)
+    open_set, n_domains, depth, batches = root, 1, 0, 0
+    last_say = time.monotonic()
+    while True:
+        if time.monotonic() >= deadline:
+            return done("timeout", float(open_set.bound.max()), n_domains, depth)
+        # the subdomains with the highest bounds: hardest to close, likeliest to flip
+        k = min(BATCH, len(open_set))
+        order = torch.argsort(open_set.bound, descending=True)
+        batch, rest = open_set.take(order[:k]), open_set.take(order[k:])
+        with torch.no_grad():
+            kept = _kept_for(prover, batch)
+            children, stuck = prover.branch(batch, kept)
+        if bool(stuck.any()):
+            # nothing left to split: every ReLU before the layer is fixed, so only the
+            # multipliers can close it
+            leaves = batch.take(torch.nonzero(stuck).reshape(-1))
+            leaf_bound, x, _ = prover.bound(leaves, LEAF_STEPS)
+            evidence.observe(x.cpu().numpy(), STAGE)
+            if refuted():
+                return done("refuted", float(leaf_bound.max()), n_domains, depth)
+            if bool((leaf_bound > 0).any()):
+                return done("stuck", float(leaf_bound.max()), n_domains, depth)
+        if len(children) == 0:
+            open_set = rest
+            if len(open_set) == 0:
+                return done("proved", float(batch.bound.max()), n_domains, depth)
+            continue
+        bound, x, _ = prover.bound(children, STEPS)
+        n_domains += len(children)
+        depth = max(depth, int(children.depth.max()))
+        xs = x.cpu().numpy()
+        evidence.observe(xs, STAGE)
+        batches += 1
+        if not refuted() and batches % SEARCH_EVERY == 1:
+            _gradient_from(evidence, xs[np.argsort(-bound.cpu().numpy())[:4]], layer, j, side)
+        if refuted():
+            return done("refuted", float(bound.max()), n_domains, depth)
+        still = children.take(torch.nonzero(bound > 0).reshape(-1))
+        open_set = _Domains.cat([rest, still]) if len(rest) else still
+        if len(open_set) == 0:
+            return done("proved", float(bound.max()), n_domains, depth)
+        if time.monotonic() - last_say >= PROGRESS_EVERY:
+            last_say = time.monotonic()
+            progress(
+                f"  bab layer {layer + 1} neuron {j}: {n_domains} subdomains bounded, "
+                f"{len(open_set)} open, depth {depth}, "
+                f"worst bound {float(open_set.bound.max()):.3g}, "
+                f"{time.monotonic() - start:.0f} s"
+            )
+
+
+def _kept_for(prover: CandidateProver, dom: _Domains) -> list[torch.Tensor]:
+    """Per-layer coefficients of the final bound at the stored alpha and beta."""
+    masses = [prover._mass(k, dom.upper) for k in range(prover.layer)]
+    relax = [
+        prover._relax(k, dom.lower[k], dom.upper[k], dom.split[k], dom.alpha[k], masses[k])
+        for k in range(prover.layer)
+    ]
+    _, _, kept = prover._backward(
+        relax,
+        prover.target_w.expand(len(dom), 1, -1),
+        prover.target_b.expand(len(dom), 1),
+        dom.beta,
+        keep=True,
+    )
+    return [k[:, 0] for k in kept]
+
+
+def _gradient_from(
+    evidence: NeuronEvidence, starts: np.ndarray, layer: int, j: int, side: str
+) -> None:
+    """Gradient search toward the candidate's unseen side from the given points."""
+    n = evidence.net.n_hidden
+    pos = [np.zeros(0, dtype=int) for _ in range(n)]
+    neg = [np.zeros(0, dtype=int) for _ in range(n)]
+    (pos if side == "pos" else neg)[layer] = np.array([j])
+    found = refute.gradient_search(
+        evidence.net,
+        evidence.box,
+        pos,
+        neg,
+        starts,
+        steps=20,
+        starts_per_candidate=4,
+        device="cpu",
+    )
+    evidence.observe(found, STAGE)
+
+
+def run_bab(
+    evidence: NeuronEvidence,
+    bounds: LayerBounds,
+    candidates: list[Candidate],
+    deadline: float,
+    progress: Progress,
+    device=None,
+    budget: float = float("inf"),
+    give_up: bool = True,
+) -> BabStats:
+    """Branch and bound on every candidate, shallowest layer first, so that each proof
+    fixes a neuron for the candidates after it. ``budget`` caps the seconds spent on one
+    candidate; with ``give_up`` the candidates left open are marked undecided (the
+    ``bab`` prover alone), without it they stay open for the MILP (``auto``)."""
+    dev = pick_device(device)
+    stats = BabStats(candidates=len(candidates))
+    start = time.monotonic()
+    for cand in sorted(candidates):
+        layer, j, side = cand
+        if (
+            evidence.settled(layer)[j]
+            or (evidence.seen_pos if side == "pos" else evidence.seen_neg)[layer][j]
+        ):
+            continue
+        own_deadline = min(deadline, time.monotonic() + budget)
+        if time.monotonic() >= own_deadline:
+            if give_up:
+                evidence.give_up(layer, [j], "time limit")
+            stats.undecided += 1
+            continue
+        with one_thread():
+            out = prove_candidate(evidence, bounds, cand, own_deadline, dev, progress)
+        stats.domains += out.domains
+        stats.max_depth = max(stats.max_depth, out.depth)
+        stats.outcomes.append(
+            {
+                "layer": layer + 1,
+                "neuron": j,
+                "side": side,
+                "status": out.status,
+                "bound": out.bound,
+                "domains": out.domains,
+                "seconds": round(out.seconds, 3),
+            }
+        )
+        if out.status == "proved":
+            evidence.prove(layer, [j], active=(side == "neg"), stage=STAGE)
+            stats.proved += 1
+        elif out.status == "refuted":
+            stats.refuted += 1
+        else:
+            stats.undecided += 1
+            if give_up:
+                why = "time limit" if out.status == "timeout" else "branch and bound stuck"
+                evidence.give_up(layer, [j], f"{why} (bound {out.bound:.3g})")
+        progress(
+            f"  bab layer {layer + 1} neuron {j} ({side}): {out.status} after "
+            f"{out.domains} subdomains, {out.seconds:.1f} s; {time.monotonic() - start:.0f} s "
+            f"in bab, {stats.proved} proved, {stats.refuted} refuted"
+        )
+    return stats
+
+
+def certify_solver_proofs(
+    evidence: NeuronEvidence,
+    bounds: LayerBounds,
+    deadline: float,
+    progress: Progress,
+    device=None,
+) -> dict:
+    """Re-prove every MILP proof by branch and bound (``--certify``), shallowest first,
+    relying only on states proved in sound arithmetic or already re-proved; a neuron
+    whose re-proof fails or runs out of time goes back to undecided."""
+    dev = pick_device(device)
+    stats = {"checked": 0, "certified": 0, "retracted": 0}
+    for layer in range(evidence.net.n_hidden):
+        proved = evidence.proved_active[layer] | evidence.proved_inactive[layer]
+        for j in np.flatnonzero(proved & (evidence.decider[layer] == "milp")):
+            j = int(j)
+            side = "pos" if evidence.proved_inactive[layer][j] else "neg"
+            stats["checked"] += 1
+            out = None
+            if time.monotonic() < deadline:
+                with one_thread():
+                    out = prove_candidate(
+                        evidence,
+                        bounds,
+                        (layer, j, side),
+                        deadline,
+                        dev,
+                        progress,
+                        fixed=evidence.sound_fixed_states(SOUND),
+                    )
+            if out is not None and out.status == "proved":
+                evidence.certified.add((layer, j))
+                stats["certified"] += 1
+            else:
+                why = "time limit" if out is None else out.status
+                evidence.retract(layer, j, f"MILP proof not re-proved soundly ({why})")
+                stats["retracted"] += 1
+    progress(
+        f"  certify: {stats['certified']} of {stats['checked']} MILP proofs re-proved soundly, "
+        f"{stats['retracted']} back to undecided"
+    )
+    return stats

@@ -1,0 +1,149 @@
+"""The branch-and-bound prover against independent evidence.
+
+Truth comes from tests/oracle.py (scipy's own MILP, its own bounds); a proof from the
+prover must agree with it, a refutation must come with a witness, and a neuron whose
+extreme is within 1e-6 of 0 may come out undecided but never wrong.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import torch
+from oracle import milp_extremes, random_net
+
+from exactcompress.bab import prove_candidate, run_bab
+from exactcompress.bounds import interval_bounds
+from exactcompress.domain import Box
+from exactcompress.network import ReLUNetwork
+from exactcompress.report import NeuronEvidence
+from exactcompress.stability import StabilityOptions, find_stable_neurons
+
+CPU = torch.device("cpu")
+
+
+def _net(seed: int, widths=(3, 8, 8, 6, 2)) -> tuple[ReLUNetwork, Box]:
+    rng = np.random.default_rng(seed)
+    ws, bs = random_net(rng, list(widths), bias_shift=float(rng.normal() * 0.5))
+    return ReLUNetwork(ws, bs), Box.uniform(widths[0])
+
+
+def _truth(net: ReLUNetwork, box: Box, layer: int, j: int) -> tuple[float, float]:
+    gmin, gmax = milp_extremes(net.weights, net.biases, box.lo, box.hi, layer, j)
+    return float(gmin), float(gmax)
+
+
+def _check(out, evidence, side, gmin, gmax, layer, j) -> None:
+    """A proof agrees with the oracle; a refutation is a witness in the box."""
+    if out.status == "proved":
+        assert (gmax <= 1e-7) if side == "pos" else (gmin >= -1e-7), (layer, j, side)
+    elif out.status == "refuted":
+        wit = (evidence.witness_pos if side == "pos" else evidence.witness_neg)[layer][j]
+        assert evidence.box.contains(wit).all()
+        g = evidence.net.preactivations(wit[None])[layer][0, j]
+        assert (g > 0) if side == "pos" else (g < 0)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_bab_decides_like_the_oracle(seed):
+    net, box = _net(seed)
+    bounds = interval_bounds(net, box)
+    decided = 0
+    for layer in range(1, net.n_hidden):
+        for j in range(net.hidden_widths[layer]):
+            gmin, gmax = _truth(net, box, layer, j)
+            for side in ("pos", "neg"):
+                evidence = NeuronEvidence(net, box)
+                out = prove_candidate(
+                    evidence, bounds, (layer, j, side), time.monotonic() + 20, CPU, print
+                )
+                _check(out, evidence, side, gmin, gmax, layer, j)
+                clear = (gmax < -1e-6 or gmax > 1e-6) if side == "pos" else abs(gmin) > 1e-6
+                if clear:
+                    assert out.status in ("proved", "refuted"), (layer, j, side, out)
+                    decided += 1
+    assert decided > 0
+
+
+def _near_zero_net(seed: int) -> tuple[ReLUNetwork, Box, list[tuple[int, int]]]:
+    """A network whose last hidden layer has neurons with max g within 1e-7 of 0: the
+    bias of each is moved so that its true maximum sits at +-1e-8 or exactly 0."""
+    net, box = _net(seed, (3, 6, 6, 4, 2))
+    layer = net.n_hidden - 1
+    shifted = []
+    for j in range(net.hidden_widths[layer]):
+        _, gmax = _truth(net, box, layer, j)
+        offset = (-1e-8, 0.0, 1e-8)[j % 3]
+        net.biases[layer][j] -= gmax - offset
+        shifted.append((layer, j))
+    return ReLUNetwork(net.weights, net.biases), box, shifted
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_neurons_at_zero_are_never_decided_wrongly(seed):
+    net, box, shifted = _near_zero_net(seed)
+    bounds = interval_bounds(net, box)
+    for layer, j in shifted:
+        gmin, gmax = _truth(net, box, layer, j)
+        evidence = NeuronEvidence(net, box)
+        out = prove_candidate(evidence, bounds, (layer, j, "pos"), time.monotonic() + 5, CPU, print)
+        _check(out, evidence, "pos", gmin, gmax, layer, j)
+        if gmax > 1e-9:  # really positive somewhere: only a witness may settle it
+            assert out.status != "proved"
+
+
+def test_run_bab_records_proofs_with_its_decider():
+    net, box = _net(11, (3, 10, 10, 2))
+    bounds = interval_bounds(net, box)
+    evidence = NeuronEvidence(net, box)
+    cands = [(1, j, side) for j in range(10) for side in ("pos", "neg")]
+    stats = run_bab(evidence, bounds, cands, time.monotonic() + 60, print, device="cpu")
+    assert stats.proved >= 1 and stats.proved + stats.refuted + stats.undecided <= len(cands)
+    for j in range(10):
+        gmin, gmax = _truth(net, box, 1, j)
+        if evidence.proved_inactive[1][j]:
+            assert gmax <= 1e-7 and evidence.decider[1][j] == "bab"
+        if evidence.proved_active[1][j]:
+            assert gmin >= -1e-7 and evidence.decider[1][j] == "bab"
+
+
+@pytest.mark.parametrize("prover", ["bab", "auto", "milp"])
+def test_provers_agree_through_the_pipeline(prover):
+    """Every prover gives the oracle's states (up to undecided) on the same network."""
+    net, box = _net(5, (4, 12, 12, 8, 2))
+    options = StabilityOptions(prover=prover, solver="highs", samples=0, witness_search=False)
+    report = find_stable_neurons(net, box, None, options)
+    assert report.complete
+    for layer, states in enumerate(report.states):
+        for j, state in enumerate(states):
+            gmin, gmax = _truth(net, box, layer, j)
+            if state == "stably_inactive":
+                assert gmax <= 1e-7
+            elif state == "stably_active":
+                assert gmin >= -1e-7
+            elif state == "unstable":
+                assert gmax > 0 > gmin
+    proofs = report.extra["proofs"]
+    if prover == "bab":
+        assert proofs["solver"] == 0
+
+
+def test_certify_reproves_milp_proofs_soundly():
+    net, box = _net(5, (4, 12, 12, 8, 2))
+    options = StabilityOptions(
+        prover="milp",
+        bounds="interval",
+        solver="highs",
+        samples=0,
+        witness_search=False,
+        certify=True,
+    )
+    report = find_stable_neurons(net, box, None, options)
+    stats = report.extra["stages"]["certify"]
+    assert stats["checked"] == stats["certified"] + stats["retracted"]
+    assert (
+        report.extra["proofs"]["solver"]
+        == stats["checked"] - stats["certified"] - stats["retracted"]
+    )
