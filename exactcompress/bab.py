@@ -27,8 +27,10 @@ promising subdomains, so a neuron that can flip is usually refuted on the way.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -144,6 +146,25 @@ class BabStats:
     domains: int = 0
     max_depth: int = 0
     outcomes: list[dict] = field(default_factory=list)
+
+    def record(self, cand: Candidate, out: CandidateOutcome) -> None:
+        layer, j, side = cand
+        self.domains += out.domains
+        self.max_depth = max(self.max_depth, out.depth)
+        self.proved += out.status == "proved"
+        self.refuted += out.status == "refuted"
+        self.undecided += out.status not in ("proved", "refuted")
+        self.outcomes.append(
+            {
+                "layer": layer + 1,
+                "neuron": j,
+                "side": side,
+                "status": out.status,
+                "bound": out.bound,
+                "domains": out.domains,
+                "seconds": round(out.seconds, 3),
+            }
+        )
 
     def to_json(self) -> dict:
         return {
@@ -563,57 +584,55 @@ def run_bab(
     device=None,
     budget: float = float("inf"),
     give_up: bool = True,
+    jobs: int = 1,
 ) -> BabStats:
-    """Branch and bound on every candidate, shallowest layer first, so that each proof
-    fixes a neuron for the candidates after it. ``budget`` caps the seconds spent on one
+    """Branch and bound on every candidate, layer by layer, so that each proof fixes a
+    neuron for the candidates of later layers. ``budget`` caps the seconds spent on one
     candidate; with ``give_up`` the candidates left open are marked undecided (the
-    ``bab`` prover alone), without it they stay open for the MILP (``auto``)."""
+    ``bab`` prover alone), without it they stay open for the MILP (``auto``). ``jobs``
+    candidates of a layer run side by side in threads; ``evidence`` is thread-safe, so
+    a witness found by one is seen by all."""
     dev = pick_device(device)
     stats = BabStats(candidates=len(candidates))
     start = time.monotonic()
-    for cand in sorted(candidates):
+    lock = threading.Lock()
+
+    def one(cand: Candidate) -> None:
         layer, j, side = cand
-        if (
-            evidence.settled(layer)[j]
-            or (evidence.seen_pos if side == "pos" else evidence.seen_neg)[layer][j]
-        ):
-            continue
+        seen = evidence.seen_pos if side == "pos" else evidence.seen_neg
+        if evidence.settled(layer)[j] or seen[layer][j]:
+            return
         own_deadline = min(deadline, time.monotonic() + budget)
         if time.monotonic() >= own_deadline:
             if give_up:
                 evidence.give_up(layer, [j], "time limit")
-            stats.undecided += 1
-            continue
-        with one_thread():
-            out = prove_candidate(evidence, bounds, cand, own_deadline, dev, progress)
-        stats.domains += out.domains
-        stats.max_depth = max(stats.max_depth, out.depth)
-        stats.outcomes.append(
-            {
-                "layer": layer + 1,
-                "neuron": j,
-                "side": side,
-                "status": out.status,
-                "bound": out.bound,
-                "domains": out.domains,
-                "seconds": round(out.seconds, 3),
-            }
-        )
+            with lock:
+                stats.undecided += 1
+            return
+        out = prove_candidate(evidence, bounds, cand, own_deadline, dev, progress)
         if out.status == "proved":
             evidence.prove(layer, [j], active=(side == "neg"), stage=STAGE)
-            stats.proved += 1
-        elif out.status == "refuted":
-            stats.refuted += 1
-        else:
-            stats.undecided += 1
-            if give_up:
-                why = "time limit" if out.status == "timeout" else "branch and bound stuck"
-                evidence.give_up(layer, [j], f"{why} (bound {out.bound:.3g})")
-        progress(
-            f"  bab layer {layer + 1} neuron {j} ({side}): {out.status} after "
-            f"{out.domains} subdomains, {out.seconds:.1f} s; {time.monotonic() - start:.0f} s "
-            f"in bab, {stats.proved} proved, {stats.refuted} refuted"
-        )
+        elif out.status != "refuted" and give_up:
+            why = "time limit" if out.status == "timeout" else "branch and bound stuck"
+            evidence.give_up(layer, [j], f"{why} (bound {out.bound:.3g})")
+        with lock:
+            stats.record(cand, out)
+            progress(
+                f"  bab layer {layer + 1} neuron {j} ({side}): {out.status} after "
+                f"{out.domains} subdomains, {out.seconds:.1f} s; "
+                f"{time.monotonic() - start:.0f} s in bab, {stats.proved} proved, "
+                f"{stats.refuted} refuted"
+            )
+
+    with one_thread():
+        for layer in sorted({c[0] for c in candidates}):
+            todo = sorted(c for c in candidates if c[0] == layer)
+            if jobs <= 1:
+                for cand in todo:
+                    one(cand)
+            else:
+                with ThreadPoolExecutor(jobs) as pool:
+                    list(pool.map(one, todo))
     return stats
 
 

@@ -13,6 +13,7 @@ ReLU encoding (``Handle.fix_state``), which alone knows its binary's polarity.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 
@@ -35,6 +36,8 @@ from .report import NeuronEvidence
 from .solvers import Reaction, SolverAdapter
 
 STAGE = "milp"
+#: seconds between two progress lines of a running exact stage
+PROGRESS_EVERY = 5.0
 Progress = Callable[[str], None]
 AdapterFactory = Callable[[Handle], SolverAdapter]
 
@@ -300,6 +303,46 @@ def decide_by_extreme(
     return outcome.status
 
 
+class Heartbeat:
+    """A progress line every PROGRESS_EVERY seconds while the exact stage runs, so that a
+    long solve shows it is alive: elapsed time, candidates left, proved and refuted so
+    far, and the solver's current bound where its callbacks report one."""
+
+    def __init__(self, evidence: NeuronEvidence, progress: Progress, solver=None) -> None:
+        self.evidence, self.progress, self.solver = evidence, progress, solver
+        self.start = time.monotonic()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._counts0 = self._counts()
+
+    def _counts(self) -> tuple[int, int]:
+        ev = self.evidence
+        proved = sum(
+            int((ev.proved_active[k] | ev.proved_inactive[k]).sum()) for k in range(len(ev.decider))
+        )
+        unstable = sum(int(ev.unstable(k).sum()) for k in range(len(ev.decider)))
+        return proved, unstable
+
+    def _run(self) -> None:
+        while not self._stop.wait(PROGRESS_EVERY):
+            proved, unstable = self._counts()
+            bound = getattr(self.solver, "live_bound", None)
+            self.progress(
+                f"  milp {time.monotonic() - self.start:5.0f} s: "
+                f"{len(open_candidates(self.evidence))} candidates left, "
+                f"{proved - self._counts0[0]} proved, {unstable - self._counts0[1]} refuted"
+                + ("" if bound is None else f", solver bound {bound:.4g}")
+            )
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
 def _tolerance(bound: float) -> float:
     return 1e-6 * (1.0 + abs(bound))
 
@@ -408,6 +451,12 @@ def run_exact_stage(
             f"strategies: {', '.join(STRATEGIES)}"
         )
     strategy = STRATEGIES[spec.strategy]
-    return strategy(
-        evidence, spec, bounds, open_solver, deadline, progress, mine, device, relu=relu
-    )
+    with Heartbeat(evidence, progress) as heartbeat:
+
+        def opening(handle: Handle) -> SolverAdapter:
+            heartbeat.solver = open_solver(handle)
+            return heartbeat.solver
+
+        return strategy(
+            evidence, spec, bounds, opening, deadline, progress, mine, device, relu=relu
+        )

@@ -8,6 +8,7 @@ only when some stage proved it; everything else is *undecided*.
 from __future__ import annotations
 
 import json
+import threading
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -46,6 +47,8 @@ class NeuronEvidence:
     notes: dict[tuple[int, int], str] = field(default_factory=dict)
     #: solver proofs re-proved in sound arithmetic (--certify)
     certified: set[tuple[int, int]] = field(default_factory=set)
+    #: observe, prove and give_up may be called from several threads (--jobs)
+    lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         widths = self.net.hidden_widths
@@ -94,6 +97,10 @@ class NeuronEvidence:
 
     def prove(self, layer: int, neurons: np.ndarray, active: bool, stage: str) -> None:
         """Record a proof that g >= 0 (active) or g <= 0 (inactive) over the domain."""
+        with self.lock:
+            self._prove(layer, neurons, active, stage)
+
+    def _prove(self, layer: int, neurons: np.ndarray, active: bool, stage: str) -> None:
         neurons = np.asarray(neurons, dtype=int)
         if neurons.size == 0:
             return
@@ -105,6 +112,10 @@ class NeuronEvidence:
 
     def give_up(self, layer: int, neurons: np.ndarray, why: str) -> None:
         """Stop trying to decide these neurons (they stay undecided)."""
+        with self.lock:
+            self._give_up(layer, neurons, why)
+
+    def _give_up(self, layer: int, neurons: np.ndarray, why: str) -> None:
         for j in np.asarray(neurons, dtype=int):
             self.given_up[layer][j] = True
             self.notes.setdefault((layer, int(j)), why)

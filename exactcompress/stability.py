@@ -242,6 +242,7 @@ def _bab_stage(ctx: Context) -> None:
         device=options.device,
         budget=budget,
         give_up=alone,
+        jobs=options.jobs,
     )
     ctx.stats["bab"] = stats.to_json()
 

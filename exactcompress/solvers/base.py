@@ -107,6 +107,8 @@ class SolverAdapter:
 
     name = "base"
     lazy_constraints = False
+    #: the solver's proven bound during a solve, where its callbacks tell it (progress only)
+    live_bound: float | None = None
 
     def __init__(self, verbose: bool = False, threads: int | None = None) -> None:
         self.verbose = verbose

@@ -89,6 +89,7 @@ class HighsAdapter(SolverAdapter):
         self._to_driver(x, event.data_out.objective_function_value)
 
     def _interrupt(self, event) -> None:
+        self.live_bound = float(event.data_out.mip_dual_bound)
         if self._stop_below is not None and event.data_out.mip_dual_bound < self._stop_below:
             self._stopped = True
         # set either way: HiGHS keeps the flag from the last solve's interrupt
