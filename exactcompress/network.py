@@ -93,10 +93,11 @@ class ReLUNetwork:
         eps = float(np.finfo(np.float64).eps)
         for w, b in zip(self.weights[:-1], self.biases[:-1]):
             g = h @ w.T + b
-            w_abs = np.abs(w)
             n = w.shape[1]
-            mass = np.abs(h) @ w_abs.T + np.abs(b)
-            e = (2.0 * (n + 2) * eps * mass + err @ w_abs.T) * (1 + 4 * (n + 2) * eps)
+            gamma = 2.0 * (n + 2) * eps
+            # gamma (|h| |W|^T + |b|) + err |W|^T, as one product
+            e = (gamma * np.abs(h) + err) @ np.abs(w).T + gamma * np.abs(b)
+            e *= 1 + 2 * gamma  # the rounding of this bound itself
             e += (n + 1) * 1e-300  # underflow of the products
             gs.append(g)
             errs.append(e)
