@@ -486,6 +486,8 @@ def prove_candidate(
         return done("refuted", float(bound[0]), 1, 0)
     if bool(bound[0] <= 0):
         return done("proved", float(bound[0]), 1, 0)
+    if layer == 0:  # nothing to split: the root bound is the exact extreme, up to rounding
+        return done("stuck", float(bound[0]), 1, 0)
     open_set, n_domains, depth, batches = root, 1, 0, 0
     last_say = time.monotonic()
     while True:
@@ -678,3 +680,38 @@ def certify_solver_proofs(
         f"{stats['retracted']} back to undecided"
     )
     return stats
+
+
+def certify(
+    net: ReLUNetwork,
+    box: Box,
+    claims: list[tuple[int, int, bool]],
+    time_limit: float | None = None,
+    device=None,
+) -> dict[tuple[int, int], str]:
+    """Re-prove stability claims (layer from 0, neuron, active) without trusting them:
+    shallowest first, each relying only on the claims re-proved before it, starting from
+    interval bounds. Returns "proved", "refuted" (a witness shows the other state) or
+    "unknown" per claim; the time limit is shared by all claims."""
+    from .bounds import interval_bounds
+
+    deadline = time.monotonic() + (float("inf") if time_limit is None else time_limit)
+    evidence = NeuronEvidence(net, box)
+    bounds = interval_bounds(net, box, device)
+    dev = pick_device(device)
+    out: dict[tuple[int, int], str] = {}
+    with one_thread():
+        for layer, j, active in sorted(claims):
+            side = "neg" if active else "pos"
+            if time.monotonic() >= deadline:
+                out[(layer, j)] = "unknown"
+                continue
+            result = prove_candidate(
+                evidence, bounds, (layer, j, side), deadline, dev, lambda _m: None
+            )
+            if result.status == "proved":
+                evidence.prove(layer, [j], active=active, stage=STAGE)
+                out[(layer, j)] = "proved"
+            else:
+                out[(layer, j)] = "refuted" if result.status == "refuted" else "unknown"
+    return out

@@ -81,7 +81,7 @@ def test_lp_decides_what_crown_leaves():
     rng = np.random.default_rng(0)
     w, b = random_net(rng, SHAPE, bias_shift=-0.3)
     net, box = ReLUNetwork(w, b), Box.uniform(5)
-    crown = {"bounds": "crown", **FAST}
+    crown = {"bounds": "crown", "prover": "milp", **FAST}
     without = find_stable_neurons(net, box, options=StabilityOptions(**crown))
     report = find_stable_neurons(net, box, options=StabilityOptions(tighten="lp", **crown))
     assert lp_proofs(report) > 0
