@@ -27,7 +27,7 @@ import formulations as formulation_registry
 from exactcompress.domain import Box
 from exactcompress.errors import ExactCompressError
 from exactcompress.prune import compress as prune
-from exactcompress.report import ACTIVE, INACTIVE, STATES, UNDECIDED, UNSTABLE
+from exactcompress.report import ACTIVE, INACTIVE, STATES, UNDECIDED, UNSTABLE, StabilityReport
 from exactcompress.solvers import ADAPTERS, require
 from exactcompress.stability import StabilityOptions, find_stable_neurons
 from exactcompress.train import accuracy
@@ -39,15 +39,21 @@ from .suite import DEFAULT_CACHE, BenchModel, LoadedModel, load
 CONFIGS: dict[str, Callable[..., StabilityOptions]] = {
     "full": StabilityOptions,
     "full-lp": partial(StabilityOptions, tighten="lp"),
+    "milp-interval": partial(StabilityOptions, prover="milp", bounds="interval"),
+    "bab": partial(StabilityOptions, prover="bab"),
     "paper": StabilityOptions.paper,
 }
-STAGES = ("bounds", "refute", "witness", "lp", "milp")
+STAGES = ("bounds", "refute", "witness", "lp", "tighten", "bab", "milp", "certify")
+#: which stage decided the neurons that reached the exact stage: one CSV column each
+#: (witnesses mined from MILP solutions count as milp, the decider exact.py records)
+EXACT_OUTCOMES = ("tighten", "bab", "milp", "other", "undecided")
 FIELDS = (
     "model", "config", "formulation", "solver", "status",
-    "dataset", "arch", "l1", "data", "time_limit",
+    "dataset", "inputs", "arch", "l1", "data", "time_limit",
     "seconds", *(f"seconds_{s}" for s in STAGES),
     "stably_active", "stably_inactive", "unstable", "undecided", "complete",
-    "milp_candidates", "milp_solves", "stable_pct_per_layer",
+    "milp_candidates", "milp_solves", "exact_candidates",
+    *(f"exact_{o}" for o in EXACT_OUTCOMES), "stable_pct_per_layer",
     "connections_before", "connections_after", "connections_removed_pct",
     "acc_before", "acc_after", "verified", "solver_used", "states",
 )  # fmt: skip
@@ -139,18 +145,38 @@ def disagreements(rows: Iterable[dict]) -> list[str]:
 
 
 def read_rows(path: Path) -> list[dict]:
-    """The newest row of every key, in file order."""
+    """The newest row of every key, in file order; columns an older version did not
+    write read as empty."""
+    return list({RunKey.of(row): row for row in _read_all(path)}.values())
+
+
+def _read_all(path: Path) -> list[dict]:
     if not path.is_file():
         return []
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
-        if reader.fieldnames and tuple(reader.fieldnames) != FIELDS:
+        if reader.fieldnames and not set(reader.fieldnames) <= set(FIELDS):
             raise ExactCompressError(
-                f"{path} was written by another version of the benchmarks (its columns "
-                "differ); use another --out folder or move the file away"
+                f"{path} was written by another version of the benchmarks (it has columns "
+                "this one does not know); use another --out folder or move the file away"
             )
-        newest = {RunKey.of(row): row for row in reader}
-    return list(newest.values())
+        return [{**dict.fromkeys(FIELDS, ""), **row} for row in reader]
+
+
+def upgrade_csv(path: Path) -> None:
+    """Rewrite a CSV of an older version (fewer columns) with today's columns, so that
+    the runs it holds still count and new rows can be appended to it."""
+    with open(path, newline="") as f:
+        header = next(csv.reader(f), None)
+    if header is None or tuple(header) == FIELDS:
+        return
+    rows = _read_all(path)
+    tmp = path.with_suffix(".upgrade")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+    tmp.replace(path)
 
 
 def append_row(path: Path, row: dict) -> None:
@@ -201,6 +227,7 @@ def run_one(lm: LoadedModel, key: RunKey, time_limit: float | None, say: Say | N
         complete=report.complete,
         milp_candidates=milp.get("candidates", 0),
         milp_solves=milp.get("solves", 0),
+        **exact_outcomes(report),
         stable_pct_per_layer=";".join(
             f"{100 * np.isin(s, (ACTIVE, INACTIVE)).mean():.1f}" for s in report.states
         ),
@@ -222,12 +249,33 @@ def run_one(lm: LoadedModel, key: RunKey, time_limit: float | None, say: Say | N
     return row
 
 
+def exact_outcomes(report: StabilityReport) -> dict[str, int]:
+    """How many neurons reached the exact stage, and which stage decided each of them
+    (its decider; ``undecided`` when none did): the work the hard suite measures."""
+    milp = report.extra.get("milp", {})
+    why = milp.get("why_candidates")
+    counts = dict.fromkeys(EXACT_OUTCOMES, 0)
+    for cand in why or []:
+        layer, j = cand["layer"] - 1, cand["neuron"]
+        decider = report.deciders[layer][j] if report.states[layer][j] != UNDECIDED else ""
+        counts[_outcome(decider)] += 1
+    total = len(why) if why is not None else milp.get("candidates", 0)
+    return {"exact_candidates": total, **{f"exact_{k}": v for k, v in counts.items()}}
+
+
+def _outcome(decider: str) -> str:
+    if not decider:
+        return "undecided"
+    return decider if decider in EXACT_OUTCOMES else "other"
+
+
 def _describe(lm: LoadedModel, key: RunKey, time_limit: float | None) -> dict:
     m = lm.model
     l1 = m.l1 if m.l1 is not None else lm.meta.get("l1")
     return {
         **{k: getattr(key, k) for k in KEY},
         "dataset": m.dataset or lm.meta.get("dataset", ""),
+        "inputs": lm.net.widths[0],
         "arch": lm.arch,
         "l1": "" if l1 is None else f"{float(l1):g}",
         "data": lm.data_note,
@@ -329,6 +377,8 @@ def sweep(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     csv_path = out / CSV_NAME
+    if csv_path.is_file():
+        upgrade_csv(csv_path)
     done = {RunKey.of(r) for r in read_rows(csv_path) if not r["status"].startswith("error")}
     plan = [
         (m, RunKey(m.name, c, f, s))
@@ -373,9 +423,9 @@ def sweep(
 # ---- the report ------------------------------------------------------------------
 
 
-def problems_of(rows: Sequence[dict]) -> list[str]:
-    """What must be read first: disagreements and failed equivalence checks."""
-    out = [f"DISAGREEMENT: {d}" for d in disagreements(rows)]
+def problems_of(rows: Sequence[dict], found: Sequence[str]) -> list[str]:
+    """What must be read first: the disagreements ``found`` and failed equivalence checks."""
+    out = [f"DISAGREEMENT: {d}" for d in found]
     out += [
         f"VERIFICATION FAILED: {r['model']} {RunKey.of(r).label}: {r['verified']}"
         for r in rows
@@ -388,7 +438,8 @@ def write_report(
     rows: Sequence[dict], out: Path, plots: bool, time_limit: float | None
 ) -> tuple[Path, list[str]]:
     """report.md (and the PNG plots) from every row of the CSV."""
-    problems = problems_of(rows)
+    found = disagreements(rows)
+    problems = problems_of(rows, found)
     lines = ["# exactcompress benchmarks", ""]
     if problems:
         lines += ["> **WARNING: exact methods disagree or a compressed network differs.**", ">"]
@@ -405,14 +456,17 @@ def write_report(
         f"{platform.python_version()}",
         f"- time limit per run: {'none' if time_limit is None else f'{time_limit:g} s'}; "
         f"{len(ok)} runs ok, {len(rows) - len(ok)} skipped or failed",
-        "- configs: full = StabilityOptions() (bounds, data, random points and corners, "
-        "gradient witness search, MILP); full-lp = the same with --tighten lp; paper = "
-        "StabilityOptions.paper() (interval big-M, training data only, MILP)",
+        "- configs: full = StabilityOptions() (interval bounds, data, random points and "
+        "corners, gradient witness search, then the exact stage with bounds tightened and "
+        "the prover chosen automatically); full-lp = the same with --tighten lp; "
+        "milp-interval = --prover milp --bounds interval (the exact stage before issue 9); "
+        "bab = --prover bab; paper = StabilityOptions.paper() (interval big-M, training "
+        "data only, MILP)",
         "- times are the whole stability pipeline (all stages) in seconds; `*` marks "
         "figures involving a run that hit the time limit (its time is a lower bound)",
         "",
     ]
-    lines += tables.all_tables(rows)
+    lines += tables.all_tables(rows, found)
     if plots and ok:
         names = tables.plot_all(rows, out)
         lines += ["## Plots", ""] + [f"![{n}]({n})" for n in names] + [""]

@@ -65,13 +65,22 @@ class TrainRecipe:
 
     @property
     def name(self) -> str:
-        return f"{self.dataset}-{arch_label(self.arch)}-l1={self.l1:g}-s{self.seed}"
+        return (
+            f"{self.dataset}-{arch_label(self.arch)}-l1={self.l1:g}-s{self.seed}{self._tail('-')}"
+        )
 
     @property
     def filename(self) -> str:
         return (
-            f"{self.dataset}_{arch_label(self.arch)}_l1-{self.l1:g}_s{self.seed}_e{self.epochs}.pt"
+            f"{self.dataset}_{arch_label(self.arch)}_l1-{self.l1:g}_s{self.seed}_e{self.epochs}"
+            f"{self._tail('_')}.pt"
         )
+
+    def _tail(self, sep: str) -> str:
+        """The learning rate and batch size where they differ from the suite's recipe
+        (so the names of networks trained with it stay as they were)."""
+        lr = f"{sep}lr{self.lr:g}" if self.lr != LR else ""
+        return lr + (f"{sep}b{self.batch_size}" if self.batch_size != BATCH else "")
 
 
 @dataclass(frozen=True)
@@ -157,6 +166,29 @@ def pipeline_suite(repo: Path = REPO) -> list[BenchModel]:
         TrainRecipe("digits-rgb32", (100, 100), 1e-4),
     ]
     return [trained(r) for r in recipes] + reference_models(repo)
+
+
+def hard_suite() -> list[BenchModel]:
+    """Networks whose neurons reach the exact stage: candidates survive interval bounds,
+    sampling and the gradient witness search (``python -m benchmarks.hard_survey``
+    counts them; the survey is in benchmarks/README.md). Deep, wide, 784 and 3072
+    inputs, from 1 to 36 candidates; the paper's shapes first."""
+    recipes = [
+        TrainRecipe("digits28", (100,) * 3, 2e-4),
+        TrainRecipe("digits28", (100,) * 4, 2e-4),
+        TrainRecipe("digits28", (100,) * 5, 1e-4),
+        TrainRecipe("digits28", (100,) * 5, 2e-4),
+        TrainRecipe("digits28", (400, 400), 1.5e-4),
+        TrainRecipe("digits28", (800, 800), 1e-4),
+        TrainRecipe("digits28", (800, 800), 2e-4),
+        TrainRecipe("digits28", (200,) * 4, 2e-4),
+        TrainRecipe("digits28", (150,) * 6, 1e-4),
+        TrainRecipe("digits-rgb32", (100, 100), 2e-4),
+        TrainRecipe("digits-rgb32", (200, 200), 2e-4),
+        TrainRecipe("digits-rgb32", (400, 400), 2e-4),
+        TrainRecipe("digits-rgb32", (100,) * 3, 2e-4),
+    ]
+    return [trained(r) for r in recipes]
 
 
 def trained(recipe: TrainRecipe) -> BenchModel:

@@ -15,7 +15,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 SETTINGS = ("config", "formulation", "solver")
-_ORDER = {"full": 0, "full-lp": 1, "paper": 2, "network": 0, "neuron": 1, "highs": 0, "gurobi": 1}
+_ORDER = {
+    **{c: i for i, c in enumerate(("full", "full-lp", "bab", "milp-interval", "paper"))},
+    **{"network": 0, "neuron": 1, "highs": 0, "gurobi": 1},
+}
 
 Row = dict
 
@@ -295,16 +298,14 @@ def solver_table(rows: Sequence[Row]) -> list[str]:
 
 def runs_table(rows: Sequence[Row]) -> list[str]:
     """Every run, as measured."""
+    stage_names = _stage_names(rows)
     body = []
     for r in rows:
         if r["status"] != "ok":
             short = ":".join(r["status"].split(":")[:2])  # the details are in the CSV
             body.append([r["model"], r["config"], r["formulation"], r["solver"], short] + [""] * 10)
             continue
-        stages = " / ".join(
-            f"{_f(r, f'seconds_{s}') or 0:.1f}"
-            for s in ("bounds", "refute", "witness", "lp", "milp")
-        )
+        stages = " / ".join(f"{_f(r, f'seconds_{s}') or 0:.1f}" for s in stage_names)
         acc = f"{_pct(r, 'acc_before')} → {_pct(r, 'acc_after')}" if r.get("acc_before") else "–"
         body.append(
             [
@@ -332,7 +333,7 @@ def runs_table(rows: Sequence[Row]) -> list[str]:
         "solver",
         "result",
         "s",
-        "s bounds/refute/witness/lp/milp",
+        f"s {'/'.join(stage_names)}",
         "active",
         "inactive",
         "unstable",
@@ -343,6 +344,12 @@ def runs_table(rows: Sequence[Row]) -> list[str]:
         "verified",
     ]
     return ["## All runs", "", *_table(header, body, "lllllrlrrrrrrll")]
+
+
+def _stage_names(rows: Sequence[Row]) -> list[str]:
+    """The stages timed in the CSV (its ``seconds_*`` columns), in column order."""
+    first = rows[0] if rows else {}
+    return [k.removeprefix("seconds_") for k in first if k.startswith("seconds_")]
 
 
 def times_table(rows: Sequence[Row]) -> list[str]:
@@ -400,9 +407,193 @@ def models_table(rows: Sequence[Row]) -> list[str]:
     ]
 
 
-def all_tables(rows: Sequence[Row]) -> list[str]:
+# ---- the hard suite: the exact stage --------------------------------------------
+
+#: issue 9's acceptance: the new default (``full``) against the old exact stage
+#: (``milp-interval``), and the shapes that must complete within HARD_LIMIT_S
+NEW, OLD = "full", "milp-interval"
+HARD_LIMIT_S, HARD_SLOW_S = 300.0, 10.0
+#: per input size, the (depth, width) shapes up to which every model must complete:
+#: the paper's 2x100..2x800 and 3x100..5x100 on 784 inputs, up to 2x400 on 3072
+HARD_SCOPE = {784: ((2, 800), (5, 100)), 3072: ((2, 400),)}
+_EXACT = ("tighten", "bab", "milp", "other", "undecided")
+
+
+def widths_of(arch: str) -> list[int]:
+    """Hidden widths from an arch label: '5x100' or '116-248'."""
+    if "x" in arch:
+        depth, width = arch.split("x")
+        return [int(width)] * int(depth)
+    return [int(w) for w in arch.split("-")]
+
+
+def in_hard_scope(inputs: int, arch: str) -> bool:
+    """Whether issue 9 requires this model to complete within the limit."""
+    widths = widths_of(arch)
+    caps = HARD_SCOPE.get(inputs, ())
+    return any(len(widths) <= depth and max(widths) <= width for depth, width in caps)
+
+
+def _decided_cell(row: Row | None) -> str:
+    """'5: bab 3, milp 1, undecided 1' for a run whose exact stage had 5 candidates."""
+    if row is None or row["status"] != "ok" or row.get("exact_candidates", "") == "":
+        return "–" if row is None else row["status"].split(":")[0]
+    parts = [f"{k} {row[f'exact_{k}']}" for k in _EXACT if (_f(row, f"exact_{k}") or 0) > 0]
+    return row["exact_candidates"] + (": " + ", ".join(parts) if parts else "")
+
+
+def _time_cell(row: Row | None) -> str:
+    if row is None or row["status"] != "ok":
+        return "–" if row is None else row["status"].split(":")[0]
+    return f"{_f(row, 'seconds') or 0:.1f}" + ("" if _complete(row) else "*")
+
+
+def _speedup(slow: Row | None, fast: Row | None) -> tuple[float, bool] | None:
+    """seconds(slow) / seconds(fast), with whether either run is incomplete."""
+    if not (slow and fast and slow["status"] == fast["status"] == "ok"):
+        return None
+    t_slow, t_fast = _f(slow, "seconds"), _f(fast, "seconds")
+    if t_slow is None or not t_fast:
+        return None
+    return t_slow / t_fast, not (_complete(slow) and _complete(fast))
+
+
+def _ratio_cell(pair: tuple[float, bool] | None) -> str:
+    return "–" if pair is None else f"{pair[0]:.1f}x" + ("*" if pair[1] else "")
+
+
+def _hard_settings(rows: Sequence[Row]) -> list[tuple[str, str]]:
+    """(formulation, solver) settings measured with both the new and the old exact stage."""
+    have = {(r["config"], r["formulation"], r["solver"]) for r in rows}
+    pairs = {(f, s) for c, f, s in have if c == NEW and (OLD, f, s) in have}
+    return sorted(pairs, key=lambda p: (_ORDER.get(p[0], 9), _ORDER.get(p[1], 9), p))
+
+
+def hard_tables(rows: Sequence[Row], disagreements: Sequence[str] = ()) -> list[str]:
+    """Per model: the neurons that reached the exact stage and how each config decided
+    them, seconds per config and speed-ups; then issue 9's acceptance targets."""
+    settings = _hard_settings(rows)
+    if not settings:
+        return []
+    configs = [c for c in _values(rows, "config") if c in (NEW, OLD, "bab", "paper")]
+    index = {(r["model"], r["config"], r["formulation"], r["solver"]): r for r in rows}
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    lines = [
+        "## Hard suite: the exact stage",
+        "",
+        "Neurons that reached the exact stage (survived bounds, sampling and, except in "
+        "`paper`, the witness search) and the stage that decided each: `tighten` the "
+        "tightened bounds before the prover, `bab` the branch-and-bound prover, `milp` the "
+        "MILP (a proof, a solution, or a witness mined from one), `other` any other stage, "
+        "`undecided` none. Seconds are the whole "
+        "pipeline; `*` hit the time limit with neurons undecided. Speed-ups are "
+        f"seconds of the other config over `{NEW}`, same run; `*` involves an incomplete run "
+        "(its seconds are a lower bound).",
+        "",
+    ]
+    for form, solver in settings:
+        head = ["model", "inputs", "arch", "L1"]
+        head += [f"{c}: candidates" for c in configs] + [f"{c} s" for c in configs]
+        head += [f"{c}/{NEW}" for c in configs if c != NEW]
+        body = []
+        for model in models:
+            runs = {c: index.get((model, c, form, solver)) for c in configs}
+            any_run = next((r for r in runs.values() if r), None)
+            if any_run is None or runs[NEW] is None:
+                continue
+            body.append(
+                [model, any_run["inputs"] or "?", any_run["arch"], any_run["l1"] or "?"]
+                + [_decided_cell(runs[c]) for c in configs]
+                + [_time_cell(runs[c]) for c in configs]
+                + [_ratio_cell(_speedup(runs[c], runs[NEW])) for c in configs if c != NEW]
+            )
+        align = "lrll" + "l" * len(configs) + "r" * (2 * len(configs) - 1)
+        lines += [f"Formulation {form}, solver {solver}:", "", *_table(head, body, align)]
+        lines += hard_acceptance(rows, form, solver, disagreements)
+    return lines
+
+
+def hard_acceptance(
+    rows: Sequence[Row], form: str, solver: str, disagreements: Sequence[str] = ()
+) -> list[str]:
+    """Issue 9's targets, met or not, for one formulation and solver."""
+    runs = [r for r in rows if r["formulation"] == form and r["solver"] == solver]
+    new = {r["model"]: r for r in runs if r["config"] == NEW}
+    body = []
+    for inputs, caps in HARD_SCOPE.items():
+        shapes = " and ".join(f"{d}x{w}" for d, w in caps)
+        scope = [
+            m
+            for m, r in new.items()
+            if r["inputs"]
+            and in_hard_scope(int(r["inputs"]), r["arch"])
+            and int(r["inputs"]) == inputs
+        ]
+        late = [m for m in scope if not _within(new[m], HARD_LIMIT_S)]
+        body.append(
+            [
+                f"{inputs} inputs, up to {shapes}: `{NEW}` complete within {HARD_LIMIT_S:g} s",
+                f"{len(scope) - len(late)} of {len(scope)}"
+                + (f" (not: {', '.join(late)})" if late else ""),
+                _met(bool(scope) and not late, bool(scope)),
+            ]
+        )
+    for other, targeted in ((OLD, True), ("paper", False)):
+        of = {r["model"]: r for r in runs if r["config"] == other}
+        pairs = {m: _speedup(of.get(m), new[m]) for m in new}
+        pairs = {m: p for m, p in pairs.items() if p is not None}
+        if not pairs:
+            continue
+        slow = [m for m in pairs if (_f(of[m], "seconds") or 0) > HARD_SLOW_S]
+        star = "*" if any(pairs[m][1] for m in slow) else ""
+        median = statistics.median(pairs[m][0] for m in slow) if slow else None
+        worst = min(pairs, key=lambda m: pairs[m][0])
+        slowdown = 1 / pairs[worst][0]
+        body += [
+            [
+                f"median speed-up `{NEW}` over `{other}` >= {TARGET_SPEEDUP:g}x, models where "
+                f"`{other}` takes > {HARD_SLOW_S:g} s",
+                "no such model"
+                if median is None
+                else f"{median:.1f}x{star} over {len(slow)} models",
+                _met(median is not None and median >= TARGET_SPEEDUP, median is not None)
+                if targeted
+                else "(reference)",
+            ],
+            [
+                f"no model more than {TARGET_WORST:g}x slower with `{NEW}` than `{other}`",
+                f"worst {NEW}/{other} {slowdown:.2f}{'*' if pairs[worst][1] else ''} ({worst})",
+                _met(slowdown <= TARGET_WORST, True) if targeted else "(reference)",
+            ],
+        ]
+    body.append(
+        [
+            "same stable sets in every run of a model (agreement check, all settings)",
+            f"{len(disagreements)} disagreement(s)",
+            _met(not disagreements, True),
+        ]
+    )
+    return [
+        f"Acceptance (issue 9), formulation {form}, solver {solver}:",
+        "",
+        *_table(["target", "measured", ""], body, "lrl"),
+    ]
+
+
+def _within(row: Row, limit: float) -> bool:
+    return row["status"] == "ok" and _complete(row) and (_f(row, "seconds") or 0) <= limit
+
+
+def _met(ok: bool, applicable: bool) -> str:
+    if not applicable:
+        return "n/a"
+    return "**met**" if ok else "**not met**"
+
+
+def all_tables(rows: Sequence[Row], disagreements: Sequence[str] = ()) -> list[str]:
     return (
-        compression_table(rows)
+        hard_tables(rows, disagreements)
+        + compression_table(rows)
         + pipeline_target(rows)
         + ratio_table(rows)
         + solver_table(rows)

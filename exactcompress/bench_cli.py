@@ -12,8 +12,13 @@ import sys
 from .errors import ExactCompressError
 from .io import make_dir
 
-SUITES = ("paper", "quick", "pipeline")
-_DEFAULT_TIME_LIMIT = {"paper": 300.0, "quick": 30.0, "pipeline": 120.0}
+SUITES = ("paper", "quick", "pipeline", "hard")
+_DEFAULT_TIME_LIMIT = {"paper": 300.0, "quick": 30.0, "pipeline": 120.0, "hard": 300.0}
+#: per suite, the (configs, formulations, solvers) run unless the command names them
+_DEFAULTS = {
+    "hard": (["full", "milp-interval", "paper"], ["network"], ["highs"]),
+}
+_DEFAULT_SETTINGS = (["full", "paper"], ["network", "neuron"], ["highs", "gurobi"])
 
 
 def _names(text: str) -> list[str]:
@@ -43,28 +48,35 @@ def add_bench_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
         default="paper",
         help="paper: the paper's shapes and L1 levels on digits stand-ins plus the reference "
         "models (hours); quick: six networks (minutes); pipeline: where the paper's "
-        "configuration is slow, for full-pipeline/paper ratios",
+        "configuration is slow, for full-pipeline/paper ratios; hard: networks whose "
+        "neurons reach the exact stage (configs full, milp-interval, paper; network; highs)",
     )
     p.add_argument("--quick", action="store_true", help="same as --suite quick")
     p.add_argument("--models", nargs="+", default=[], metavar="PATH", help="extra model files")
     p.add_argument(
         "--no-suite", action="store_true", help="only the --models files, no built-in networks"
     )
-    p.add_argument("--formulations", type=_names, default=["network", "neuron"], metavar="LIST")
-    p.add_argument("--solvers", type=_names, default=["highs", "gurobi"], metavar="LIST")
+    p.add_argument(
+        "--formulations", type=_names, default=None, metavar="LIST", help="default network,neuron"
+    )
+    p.add_argument(
+        "--solvers", type=_names, default=None, metavar="LIST", help="default highs,gurobi"
+    )
     p.add_argument(
         "--configs",
         type=_names,
-        default=["full", "paper"],
+        default=None,
         metavar="LIST",
-        help="full = StabilityOptions(), paper = StabilityOptions.paper()",
+        help="full = StabilityOptions(), full-lp = with --tighten lp, milp-interval = "
+        "--prover milp --bounds interval, bab = --prover bab, paper = StabilityOptions.paper() "
+        "(default full,paper)",
     )
     p.add_argument(
         "--time-limit",
         type=_seconds,
         default=None,
         metavar="S",
-        help="seconds per run (default 30 with --quick, 300 otherwise)",
+        help="seconds per run (default 30 with --quick, 120 with --suite pipeline, 300 otherwise)",
     )
     p.add_argument(
         "-o",
@@ -95,6 +107,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         "paper": lambda: suite.paper_suite() + suite.reference_models(),
         "quick": suite.quick_suite,
         "pipeline": suite.pipeline_suite,
+        "hard": suite.hard_suite,
     }
     models = [] if args.no_suite else builders[name]()
     models += suite.user_models(args.models)
@@ -103,12 +116,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
     out = args.output or f"bench-results/{'full' if name == 'paper' else name}"
     make_dir(out)  # an unusable folder is a one-line error before any run
     limit = args.time_limit if args.time_limit is not None else _DEFAULT_TIME_LIMIT[name]
+    configs, formulations, solvers = _DEFAULTS.get(name, _DEFAULT_SETTINGS)
     result = runner.sweep(
         models,
         out,
-        configs=args.configs,
-        formulations=args.formulations,
-        solvers=args.solvers,
+        configs=args.configs or configs,
+        formulations=args.formulations or formulations,
+        solvers=args.solvers or solvers,
         time_limit=limit,
         cache_dir=args.cache,
         data_dir=args.data_dir,

@@ -179,3 +179,83 @@ def test_pipeline_suite_holds_slow_paper_cases_and_tiny_ones():
     parser = argparse.ArgumentParser()
     add_bench_parser(parser.add_subparsers())
     assert parser.parse_args(["bench", "--suite", "pipeline"]).suite == "pipeline"
+
+
+def hard_row(model: str, config: str, arch: str, inputs: int, seconds: float, **extra) -> dict:
+    n = [int(w) for w in [arch.split("x")[1]] * int(arch.split("x")[0])]
+    row = fake_row(model, config, "|".join("U" * w for w in n), extra.pop("complete", True))
+    row.update(arch=arch, inputs=str(inputs), seconds=str(seconds), **extra)
+    return row
+
+
+def test_hard_suite_covers_deep_wide_and_both_input_sizes():
+    from benchmarks.suite import hard_suite
+    from exactcompress.bench_cli import _DEFAULT_TIME_LIMIT, _DEFAULTS
+
+    models = hard_suite()
+    assert len({m.name for m in models}) == len(models) >= 10
+    recipes = [m.recipe for m in models]
+    assert all(r is not None and r.l1 > 0 for r in recipes)  # L1 leaves candidates
+    assert any(len(r.arch) >= 4 for r in recipes)  # deep
+    assert any(r.arch == (800, 800) for r in recipes)  # wide
+    assert {r.dataset for r in recipes} == {"digits28", "digits-rgb32"}  # 784 and 3072 inputs
+    assert _DEFAULT_TIME_LIMIT["hard"] == 300
+    assert _DEFAULTS["hard"] == (["full", "milp-interval", "paper"], ["network"], ["highs"])
+    assert set(_DEFAULTS["hard"][0]) <= set(runner.CONFIGS) and "bab" in runner.CONFIGS
+
+
+def test_hard_table_counts_candidates_speedups_and_targets(tmp_path):
+    from benchmarks import tables
+
+    decided = dict(exact_candidates="5", exact_bab="3", exact_milp="1", exact_undecided="1")
+    rows = [
+        hard_row("a", "full", "5x100", 784, 2.0, **decided),
+        hard_row("a", "milp-interval", "5x100", 784, 300.0, complete=False, exact_candidates="5"),
+        hard_row("a", "paper", "5x100", 784, 300.0, complete=False, exact_candidates="40"),
+        hard_row("b", "full", "2x800", 784, 400.0, complete=False, exact_candidates="18"),
+        hard_row("b", "milp-interval", "2x800", 784, 100.0, exact_candidates="18"),
+        hard_row("c", "full", "6x150", 784, 1.0, exact_candidates="0"),  # deep: out of scope
+        hard_row("c", "milp-interval", "6x150", 784, 1.0, exact_candidates="0"),
+        hard_row("d", "full", "2x400", 3072, 5.0, exact_candidates="2", exact_milp="2"),
+        hard_row("d", "milp-interval", "2x400", 3072, 200.0, exact_candidates="2"),
+    ]
+    text = "\n".join(tables.hard_tables(rows, disagreements=[]))
+    assert "## Hard suite: the exact stage" in text
+    assert "| a | 784 | 5x100 | 0.001 | 5: bab 3, milp 1, undecided 1 | 5 | 40 |" in text
+    assert "150.0x*" in text and "0.2x*" in text  # speed-ups; * where a run is incomplete
+    lines = text.splitlines()
+
+    def target(start: str) -> str:
+        return next(line for line in lines if line.startswith(f"| {start}"))
+
+    assert "1 of 2 (not: b)" in target("784 inputs") and "not met" in target("784 inputs")
+    assert "1 of 1" in target("3072 inputs") and "**met**" in target("3072 inputs")
+    # median of 150x and 40x over a, d (milp-interval > 10 s; b too: 0.25x) = 40x
+    speedup = target("median speed-up `full` over `milp-interval`")
+    assert "40.0x* over 3 models" in speedup and "**met**" in speedup
+    assert "worst full/milp-interval 4.00* (b)" in target(
+        "no model more than 1.5x slower with `full` than `milp"
+    )
+    assert "(reference)" in target("median speed-up `full` over `paper`")
+    assert "**met**" in target("same stable sets")
+    conflict = "\n".join(tables.hard_tables(rows, disagreements=["a: x and y disagree"]))
+    assert "1 disagreement(s) | **not met**" in conflict
+    # not a hard-suite comparison (no milp-interval run): no hard table
+    assert tables.hard_tables([r for r in rows if r["config"] != "milp-interval"]) == []
+
+
+def test_new_configs_are_checked_for_agreement_and_old_csvs_upgrade(tmp_path):
+    path = tmp_path / "results.csv"
+    append_row(path, fake_row("m", "bab", "AIU|UU"))
+    append_row(path, fake_row("m", "milp-interval", "AUU|UU"))
+    assert len(runner.disagreements(read_rows(path))) == 1
+    old = tmp_path / "old.csv"
+    legacy = [f for f in FIELDS if not f.startswith("exact_") and f != "inputs"]
+    with open(old, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=legacy)
+        writer.writeheader()
+        writer.writerow({k: v for k, v in fake_row("m", "full", "AI").items() if k in legacy})
+    runner.upgrade_csv(old)
+    append_row(old, fake_row("m", "paper", "AI"))
+    rows = read_rows(old)
+    assert [r["config"] for r in rows] == ["full", "paper"] and rows[0]["exact_candidates"] == ""
