@@ -40,8 +40,8 @@ import torch
 from . import refute
 from .bounds import EPS64, Adam, LayerBounds, pick_device
 from .domain import Box
+from .evidence import NeuronEvidence
 from .network import ReLUNetwork
-from .report import NeuronEvidence
 
 STAGE = "bab"
 #: deciders whose proofs rest on sound float64 arithmetic (a MILP proof rests on a solver)
@@ -60,6 +60,9 @@ STEPS, ROOT_STEPS = 8, 30
 LEAF_STEPS = 300
 #: gradient search from the most promising subdomains every this many batches
 SEARCH_EVERY = 8
+#: --prover auto: a candidate whose worst open bound has not moved STALL_PROGRESS of the
+#: way to 0 after STALL_SECONDS goes to the MILP instead
+STALL_SECONDS, STALL_PROGRESS = 10.0, 0.1
 #: seconds between two progress lines
 PROGRESS_EVERY = 5.0
 
@@ -68,7 +71,7 @@ PROGRESS_EVERY = 5.0
 class CandidateOutcome:
     """How one candidate's branch and bound ended."""
 
-    status: str  # proved | refuted | timeout | stuck
+    status: str  # proved | refuted | timeout | stuck | stalled
     bound: float  # best global upper bound of s g when it stopped (<= 0 when proved)
     domains: int  # subdomains bounded
     depth: int  # most splits on one path
@@ -448,13 +451,17 @@ def prove_candidate(
     device: torch.device,
     progress: Progress,
     fixed: list[np.ndarray] | None = None,
+    stall: bool = False,
 ) -> CandidateOutcome:
     """Branch and bound on one candidate until it is proved, refuted or out of time.
 
     Proofs are recorded in ``evidence`` with decider ``bab``; every bounded subdomain
     offers its maximiser of the linear bound as a witness, and gradient search runs
     from the most promising subdomains after each batch. ``fixed`` (default: every state
-    proved so far) are the neuron states the bounds may rely on.
+    proved so far) are the neuron states the bounds may rely on. With ``stall``, a
+    search whose worst open bound has not come STALL_PROGRESS of the way from the root
+    bound to 0 after STALL_SECONDS stops early ("stalled"), so that another prover gets
+    the time.
     """
     layer, j, side = cand
     start = time.monotonic()
@@ -489,16 +496,24 @@ def prove_candidate(
     if layer == 0:  # nothing to split: the root bound is the exact extreme, up to rounding
         return done("stuck", float(bound[0]), 1, 0)
     open_set, n_domains, depth, batches = root, 1, 0, 0
+    root_bound = float(bound[0])
     last_say = time.monotonic()
     while True:
         if time.monotonic() >= deadline:
             return done("timeout", float(open_set.bound.max()), n_domains, depth)
+        worst = float(open_set.bound.max())
+        if (
+            stall
+            and time.monotonic() - start > STALL_SECONDS
+            and worst > (1 - STALL_PROGRESS) * root_bound
+        ):
+            return done("stalled", worst, n_domains, depth)
         # the subdomains with the highest bounds: hardest to close, likeliest to flip
         k = min(BATCH, len(open_set))
         order = torch.argsort(open_set.bound, descending=True)
         batch, rest = open_set.take(order[:k]), open_set.take(order[k:])
         with torch.no_grad():
-            kept = _kept_for(prover, batch)
+            kept = kept_coefficients(prover, batch)
             children, stuck = prover.branch(batch, kept)
         if bool(stuck.any()):
             # nothing left to split: every ReLU before the layer is fixed, so only the
@@ -539,7 +554,7 @@ def prove_candidate(
             )
 
 
-def _kept_for(prover: CandidateProver, dom: _Domains) -> list[torch.Tensor]:
+def kept_coefficients(prover: CandidateProver, dom: _Domains) -> list[torch.Tensor]:
     """Per-layer coefficients of the final bound at the stored alpha and beta."""
     masses = [prover._mass(k, dom.upper) for k in range(prover.layer)]
     relax = [
@@ -611,7 +626,9 @@ def run_bab(
             with lock:
                 stats.undecided += 1
             return
-        out = prove_candidate(evidence, bounds, cand, own_deadline, dev, progress)
+        out = prove_candidate(
+            evidence, bounds, cand, own_deadline, dev, progress, stall=not give_up
+        )
         if out.status == "proved":
             evidence.prove(layer, [j], active=(side == "neg"), stage=STAGE)
         elif out.status != "refuted" and give_up:

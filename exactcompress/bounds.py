@@ -251,13 +251,13 @@ class Adam:
                 p.sub_(lr * (m / c1) / ((v / c2).sqrt() + 1e-8))
 
 
-
 def alpha_crown_bounds(
     net: ReLUNetwork,
     box: Box,
     steps: int = 20,
     lr: float = 0.1,
     device: str | torch.device | None = None,
+    only: list[np.ndarray] | None = None,
 ) -> LayerBounds:
     """alpha-CROWN (Xu et al. 2021): optimise the lower ReLU slopes by projected Adam.
 
@@ -266,13 +266,25 @@ def alpha_crown_bounds(
     interact, so chunks of rows are optimised separately. Any slope in [0, 1] gives a
     sound bound and every bound evaluated along the way carries the rounding margin,
     so the best one seen per row is kept; the result is intersected with CROWN's.
+    ``only[l]``, when given, lists the neurons of layer l worth optimising (the others
+    keep their CROWN bounds): the exact stage needs few of them.
     """
     dev = pick_device(device)
     state = _BackSubstitution(net, box, dev, crown_bounds(net, box, dev))
     for layer in range(1, net.n_hidden):
         relax = state.relaxations(layer)
-        rows = state.target_rows(layer).split(ROW_CHUNK)
-        state.tighten(layer, torch.cat([_optimise(state, c, relax, steps, lr) for c in rows]))
+        rows = state.target_rows(layer)
+        n = rows.shape[0] // 2
+        idx = torch.arange(n, device=dev)
+        if only is not None:
+            idx = torch.as_tensor(np.asarray(only[layer], dtype=np.int64), device=dev)
+            if idx.numel() == 0:
+                continue
+            rows = torch.cat([rows[idx], rows[n + idx]])
+        best = torch.cat([_optimise(state, c, relax, steps, lr) for c in rows.split(ROW_CHUNK)])
+        full = torch.full((2 * n,), torch.inf, dtype=best.dtype, device=dev)
+        full[idx], full[n + idx] = best[: idx.numel()], best[idx.numel() :]
+        state.tighten(layer, full)
     return state.result()
 
 

@@ -32,7 +32,7 @@ from formulations import (
 from . import refute
 from .bounds import LayerBounds
 from .errors import ExactCompressError
-from .report import NeuronEvidence
+from .evidence import NeuronEvidence
 from .solvers import Reaction, SolverAdapter
 
 STAGE = "milp"

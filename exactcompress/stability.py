@@ -20,9 +20,10 @@ from .bab import SOUND, certify_solver_proofs, run_bab
 from .bounds import METHODS, LayerBounds, compute_bounds, decide_from_bounds
 from .domain import Box
 from .errors import ExactCompressError
+from .evidence import NeuronEvidence
 from .exact import open_candidates, run_exact_stage
 from .network import ReLUNetwork
-from .report import NeuronEvidence, StabilityReport
+from .report import StabilityReport
 from .solvers import solver_factory
 from .tighten import lp_tighten, tighten_for_exact
 

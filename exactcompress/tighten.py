@@ -49,8 +49,8 @@ from .bounds import (
     pick_device,
     rounding_margin,
 )
+from .evidence import NeuronEvidence
 from .network import ReLUNetwork
-from .report import NeuronEvidence
 
 STAGE = "lp"
 #: relative safety pad added outwards to every LP bound before it is used
@@ -346,6 +346,39 @@ def lp_tighten(
     return LayerBounds(lower, upper), stats
 
 
+#: LP tightening skips neurons whose influence on the candidates is below this share of
+#: the most influential one of their layer
+INFLUENCE_FLOOR = 1e-3
+
+
+def candidate_influence(
+    evidence: NeuronEvidence, bounds: LayerBounds, deepest: int, device=None
+) -> list[np.ndarray]:
+    """Per layer, how much each neuron's relaxation loosens the candidates' CROWN bounds:
+    the sum over candidates of |coefficient on h| times the triangle's height. Tightening
+    a neuron with no influence cannot help the exact stage."""
+    from .bab import CandidateProver, kept_coefficients
+
+    net = evidence.net
+    out = [np.zeros(n) for n in net.hidden_widths]
+    fixed = evidence.fixed_states()
+    dev = pick_device(device)
+    cands = [(k, int(j), "pos") for k in range(deepest + 1) for j in evidence.open_inactive(k)]
+    cands += [(k, int(j), "neg") for k in range(deepest + 1) for j in evidence.open_active(k)]
+    with torch.no_grad():
+        for layer, j, side in cands:
+            if layer == 0:
+                continue
+            prover = CandidateProver(
+                net, evidence.box, bounds, fixed, layer, j, 1.0 if side == "pos" else -1.0, dev
+            )
+            for k, lam in enumerate(kept_coefficients(prover, prover.root())):
+                lo, up = bounds.lower[k], bounds.upper[k]
+                height = np.where((lo < 0) & (up > 0), up * -lo / np.maximum(up - lo, 1e-300), 0)
+                out[k] += np.abs(lam[0].cpu().numpy()) * height
+    return out
+
+
 def tighten_for_exact(
     evidence: NeuronEvidence,
     bounds: LayerBounds,
@@ -370,7 +403,15 @@ def tighten_for_exact(
         return bounds, stats
     head = ReLUNetwork(net.weights[: deepest + 2], net.biases[: deepest + 2])
     if time.monotonic() < deadline:
-        tight = alpha_crown_bounds(head, box, device=device)
+        # below the deepest layer every unstable neuron feeds a candidate; in it, only
+        # the candidates themselves matter
+        fixed = evidence.fixed_states()
+        only = [
+            np.flatnonzero((bounds.lower[k] < 0) & (bounds.upper[k] > 0) & (fixed[k] == 0))
+            for k in range(deepest)
+        ]
+        only.append(np.union1d(evidence.open_inactive(deepest), evidence.open_active(deepest)))
+        tight = alpha_crown_bounds(head, box, device=device, only=only)
         lower = [
             np.maximum(a, b)
             for a, b in zip(bounds.lower, tight.lower + bounds.lower[deepest + 1 :])
@@ -383,13 +424,16 @@ def tighten_for_exact(
     else:
         lower, upper = [v.copy() for v in bounds.lower], [v.copy() for v in bounds.upper]
     fixed = evidence.fixed_states()
+    influence = candidate_influence(evidence, LayerBounds(lower, upper), deepest, device)
     lp = RelaxationLP(box.lo, box.hi)
     lp.add_layer(net.weights[0], net.biases[0], lower[0], upper[0], fixed[0])
     for layer in range(1, deepest):
         w, b = net.weights[layer], net.biases[layer]
         lo, up = lower[layer], upper[layer]
         open_ = np.flatnonzero((lo < 0) & (up > 0) & (fixed[layer] == 0))
-        order = open_[np.argsort(-(up[open_] * -lo[open_]) / (up[open_] - lo[open_]))]
+        score = influence[layer][open_]
+        order = open_[np.argsort(-score)]
+        order = order[np.sort(-score)[: order.size] <= -INFLUENCE_FLOOR * score.max(initial=0)]
         changed = False
         for j in order:
             for maximize in (True, False):
