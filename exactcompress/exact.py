@@ -33,9 +33,11 @@ from . import refute
 from .bounds import LayerBounds
 from .errors import ExactCompressError
 from .evidence import NeuronEvidence
-from .solvers import Reaction, SolverAdapter
+from .solvers import Reaction, SolveNeeds, SolverAdapter
 
 STAGE = "milp"
+#: the count objective is integral, and refuted indicators are answered with zero
+COUNT_NEEDS = SolveNeeds(integral_objective=True, lazy_constraints=True)
 #: seconds between two progress lines of a running exact stage
 PROGRESS_EVERY = 5.0
 Progress = Callable[[str], None]
@@ -195,7 +197,7 @@ def run_network_strategy(
             break
         refuted_in_solve.clear()
         validate(handle)
-        outcome = solver.maximize(left, on_solution)
+        outcome = solver.maximize(left, on_solution, needs=COUNT_NEEDS)
         stats["solves"] += 1
         drop_refuted()
         for c in cands:
@@ -287,7 +289,7 @@ def decide_by_extreme(
         return Reaction(stop=is_refuted(evidence, cand))
 
     validate(handle)
-    outcome = solver.maximize(left, on_solution, stop_below=-FLIP_MARGIN)
+    outcome = solver.maximize(left, on_solution, stop_below=-FLIP_MARGIN, needs=SolveNeeds())
     if is_refuted(evidence, cand):
         return outcome.status
     why = extreme_inconsistency(evidence, outcome, cand)

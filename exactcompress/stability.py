@@ -43,6 +43,9 @@ TIGHTEN_SHARE, TIGHTEN_CAP = 0.25, 60.0
 #: --prover auto: share of the time left for branch and bound, split over the candidates
 #: (seconds per candidate without a limit); the MILP gets what it leaves open
 BAB_SHARE, BAB_CAP = 0.5, 60.0
+#: --prover auto solves what branch and bound leaves with the neuron formulation when
+#: the formulation is this default one; any other formulation is used as given
+AUTO_HANDS_OVER = "network"
 
 
 @dataclass
@@ -252,9 +255,15 @@ def _milp_stage(ctx: Context) -> None:
     options = ctx.options
     if options.prover not in ("milp", "auto") or not ctx.exact_candidates():
         return
+    spec = ctx.spec
+    if options.prover == "auto" and spec.name == AUTO_HANDS_OVER:
+        # what branch and bound leaves is a few hard candidates: one MILP each, which can
+        # stop as soon as its sign is settled, beats one count-maximising model on HiGHS
+        spec = formulations.get("neuron")
+        ctx.say("  auto: the candidates left go to one MILP each (neuron formulation)")
     ctx.stats["milp"] = run_exact_stage(
         ctx.evidence,
-        ctx.spec,
+        spec,
         ctx.bounds,
         ctx.open_solver,
         ctx.deadline,
@@ -263,6 +272,7 @@ def _milp_stage(ctx: Context) -> None:
         device=options.device,
         relu=options.relu,
     )
+    ctx.stats["milp"]["formulation"] = spec.name
 
 
 def _certify_stage(ctx: Context) -> None:

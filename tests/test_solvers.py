@@ -76,7 +76,12 @@ def test_milp_decides_like_the_oracle(seed, widths, formulation, solver) -> None
     """samples=0 and no witness search: the MILP decides almost every neuron."""
     weights, biases = make_net(seed, widths)
     options = StabilityOptions(
-        formulation=formulation, solver=solver, bounds="interval", witness_search=False, samples=0
+        formulation=formulation,
+        solver=solver,
+        bounds="interval",
+        prover="milp",
+        witness_search=False,
+        samples=0,
     )
     report = find_stable_neurons(
         ReLUNetwork(weights, biases), Box.uniform(widths[0]), None, options
@@ -105,7 +110,12 @@ def test_input_no_weight_uses(formulation, solver) -> None:
     weights, biases = make_net(seed, widths)
     weights[0][:, 1] = 0.0
     options = StabilityOptions(
-        formulation=formulation, solver=solver, bounds="interval", witness_search=False, samples=0
+        formulation=formulation,
+        solver=solver,
+        bounds="interval",
+        prover="milp",
+        witness_search=False,
+        samples=0,
     )
     report = find_stable_neurons(ReLUNetwork(weights, biases), Box.uniform(3), None, options)
     lo = np.zeros(widths[0])
@@ -115,7 +125,7 @@ def test_input_no_weight_uses(formulation, solver) -> None:
 def test_auto_reports_the_solver_it_chose() -> None:
     said: list[str] = []
     seed, widths = NETS[1]
-    options = StabilityOptions(bounds="interval", witness_search=False, samples=0)
+    options = StabilityOptions(bounds="interval", prover="milp", witness_search=False, samples=0)
     report = find_stable_neurons(
         ReLUNetwork(*make_net(seed, widths)), Box.uniform(widths[0]), None, options, said.append
     )
@@ -253,7 +263,12 @@ def test_time_limit_leaves_undecided_neurons_that_pruning_keeps(solver) -> None:
     weights, biases = random_net(np.random.default_rng(0), [20, 60, 60, 60, 3])
     net, box = ReLUNetwork(weights, biases), Box.uniform(20)
     options = StabilityOptions(
-        solver=solver, bounds="interval", witness_search=False, samples=0, time_limit=0.5
+        solver=solver,
+        bounds="interval",
+        prover="milp",
+        witness_search=False,
+        samples=0,
+        time_limit=0.5,
     )
     start = time.monotonic()
     report = find_stable_neurons(net, box, None, options)
