@@ -442,6 +442,7 @@ def prove_candidate(
     progress: Progress,
     fixed: list[np.ndarray] | None = None,
     stall: bool = False,
+    leaves: list[dict] | None = None,
 ) -> CandidateOutcome:
     """Branch and bound on one candidate until it is proved, refuted or out of time.
 
@@ -451,7 +452,9 @@ def prove_candidate(
     proved so far) are the neuron states the bounds may rely on. With ``stall``, a
     search whose worst open bound has not come STALL_PROGRESS of the way from the root
     bound to 0 after STALL_SECONDS stops early ("stalled"), so that another prover gets
-    the time.
+    the time. ``leaves``, when given, receives every closed subdomain (its splits and
+    intermediate bounds): the proof's certificate, which ``tighten.leaf_bound`` re-checks
+    by LP with safe dual bounds.
     """
     layer, j, side = cand
     start = time.monotonic()
@@ -482,6 +485,7 @@ def prove_candidate(
     if refuted():
         return done("refuted", float(bound[0]), 1, 0)
     if bool(bound[0] <= 0):
+        _keep_leaves(leaves, root, bound <= 0)
         return done("proved", float(bound[0]), 1, 0)
     if layer == 0:  # nothing to split: the root bound is the exact extreme, up to rounding
         return done("stuck", float(bound[0]), 1, 0)
@@ -530,6 +534,7 @@ def prove_candidate(
             _gradient_from(evidence, xs[np.argsort(-bound.cpu().numpy())[:4]], layer, j, side)
         if refuted():
             return done("refuted", float(bound.max()), n_domains, depth)
+        _keep_leaves(leaves, children, bound <= 0)
         still = children.take(torch.nonzero(bound > 0).reshape(-1))
         open_set = _Domains.cat([rest, still]) if len(rest) else still
         if len(open_set) == 0:
@@ -542,6 +547,20 @@ def prove_candidate(
                 f"worst bound {float(open_set.bound.max()):.3g}, "
                 f"{time.monotonic() - start:.0f} s"
             )
+
+
+def _keep_leaves(leaves: list[dict] | None, dom: _Domains, closed: torch.Tensor) -> None:
+    if leaves is None:
+        return
+    for i in torch.nonzero(closed).reshape(-1).tolist():
+        leaves.append(
+            {
+                "split": [t[i].cpu().numpy() for t in dom.split],
+                "lower": [t[i].cpu().numpy() for t in dom.lower],
+                "upper": [t[i].cpu().numpy() for t in dom.upper],
+                "bound": float(dom.bound[i]),
+            }
+        )
 
 
 def kept_coefficients(prover: CandidateProver, dom: _Domains) -> list[torch.Tensor]:

@@ -127,15 +127,28 @@ class RelaxationLP:
         return self.out_cols[-1] if self.out_cols else self.inputs
 
     def add_layer(
-        self, w: np.ndarray, b: np.ndarray, lower: np.ndarray, upper: np.ndarray, fixed: np.ndarray
+        self,
+        w: np.ndarray,
+        b: np.ndarray,
+        lower: np.ndarray,
+        upper: np.ndarray,
+        fixed: np.ndarray,
+        constrain: bool = False,
     ) -> None:
-        """g = W h_prev + b with g in [lower, upper]; h = relu(g) relaxed as above."""
+        """g = W h_prev + b with g in [lower, upper]; h = relu(g) relaxed as above.
+
+        A neuron fixed inactive has output 0; with ``constrain`` its g <= 0 is also a
+        constraint (a branch-and-bound split), otherwise it is not modelled at all."""
         prev = self.previous_outputs()
         live_in = np.flatnonzero(prev >= 0)
+        split_off = (fixed < 0) & constrain
+        if constrain:
+            upper = np.where(fixed < 0, np.minimum(upper, 0.0), upper)
+            lower = np.where(fixed > 0, np.maximum(lower, 0.0), lower)
         inactive = (fixed < 0) | (upper <= 0)
         active = ~inactive & ((fixed > 0) | (lower >= 0))
         unstable = ~inactive & ~active
-        live = np.flatnonzero(~inactive)
+        live = np.flatnonzero(~inactive | split_off)
         g_lo = np.where(active, np.maximum(lower, 0.0), lower)[live]
         g_cols = self._add_cols(g_lo, upper[live])
         # rows g_j - W_j h_prev = b_j
@@ -147,6 +160,7 @@ class RelaxationLP:
         self._add_rows((vals, (rows, cols)), b[live], b[live])
         out = np.full(w.shape[0], -1, dtype=np.int64)
         out[live] = g_cols
+        out[split_off] = -1  # g <= 0 is kept as the column's bound; the output is 0
         uns = np.flatnonzero(unstable)
         if uns.size:
             lo_u, up_u = lower[uns], upper[uns]
@@ -464,3 +478,25 @@ def tighten_for_exact(
         f"{stats['lp_solves']} LP solves, {stats['tightened']} bounds tightened"
     )
     return LayerBounds(lower, upper), stats
+
+
+def leaf_bound(net: ReLUNetwork, box, layer: int, neuron: int, sign: float, leaf: dict) -> float:
+    """Safe LP upper bound of sign * g (layer, neuron) over one closed subdomain of the
+    branch and bound (``bab.prove_candidate(leaves=...)``): its splits as constraints,
+    its intermediate bounds for the triangles. An independent re-check of a BaB proof,
+    by HiGHS with the safe dual bound above instead of back-substitution; -inf when
+    HiGHS finds the subdomain empty, +inf when it reports nothing else useful."""
+    lp = RelaxationLP(box.lo, box.hi)
+    for k in range(layer):
+        split = np.asarray(leaf["split"][k], dtype=np.int8)
+        lp.add_layer(
+            net.weights[k], net.biases[k], leaf["lower"][k], leaf["upper"][k], split, constrain=True
+        )
+    value, _ = lp.extreme(
+        sign * net.weights[layer][neuron], sign * float(net.biases[layer][neuron]), True, 60.0
+    )
+    if value is not None:
+        return value
+    # an empty subdomain (contradicting splits) closes by infeasibility, HiGHS' word
+    infeasible = lp.highs.getModelStatus() == highspy.HighsModelStatus.kInfeasible
+    return -float("inf") if infeasible else float("inf")
