@@ -47,8 +47,10 @@ class _Rows:
 
 
 class SolutionCompleter:
-    """Forward pass through a Handle's model: x -> every g, h = max(0, g), a = [g > 0],
-    z = 1 where all constraints holding z are met with z = 1.
+    """Forward pass through a Handle's model: x -> every g, h = max(0, g), each binary
+    at its encoding's value for the state g > 0 or g <= 0, z = 1 where all constraints
+    holding z are met with z = 1. Variables an encoding adds beyond these are left to
+    the solver (Gurobi completes a partial solution).
 
     ``vars`` lists the variables set, in the order of the arrays ``complete`` returns.
     Fixed variables keep their values. Call ``refresh`` after changing fixings, mutable
@@ -70,8 +72,17 @@ class SolutionCompleter:
         for layer in sorted({key[0] for key in handle.g}):
             keys = sorted(key for key in handle.g if key[0] == layer)
             rows = _Rows([handle.g[key] for key in keys], self.index)
+            held = [k for k in keys if k in handle.a]
+            values = np.array(
+                [[handle.relu[k].binary_value(s) for k in held] for s in (False, True)]
+            )
             self._layers.append(
-                (rows, self._positions(handle.h, keys), self._positions(handle.a, keys))
+                (
+                    rows,
+                    self._positions(handle.h, keys),
+                    self._positions(handle.a, keys),
+                    values.reshape(2, len(held)),
+                )
             )
         self._z = np.array([self.index[v] for v in handle.z.values()], dtype=np.intp)
         self._z_pos = ComponentMap((v, i) for i, v in enumerate(handle.z.values()))
@@ -110,10 +121,10 @@ class SolutionCompleter:
         indicators in ``zero`` stay 0."""
         values = np.zeros(len(self.vars))
         values[: self.n_x] = np.clip(np.asarray(x, dtype=np.float64), self._lo, self._hi)
-        for rows, (h_row, h_pos), (a_row, a_pos) in self._layers:
+        for rows, (h_row, h_pos), (a_row, a_pos), (off, on) in self._layers:
             g = rows(values)
             values[h_pos] = np.maximum(g[h_row], 0.0)
-            values[a_pos] = g[a_row] > 0
+            values[a_pos] = np.where(g[a_row] > 0, on, off)
         values[self._fixed_idx] = self._fixed_val
         if len(self._z):
             trial = self._z_free.copy()

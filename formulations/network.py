@@ -9,27 +9,25 @@ with the margin to spare: float tolerance goes against stability, never for it.
 
 from __future__ import annotations
 
-import numpy as np
 import pyomo.environ as pyo
 
-from .base import Candidate, Handle, MILPInput, register
+from .base import DEFAULT_RELU, FLIP_MARGIN, Candidate, Handle, MILPInput, needed_outputs
+from .registry import register
 from .relu import build_layers
 
-#: a candidate counts as flipped in the model once g >= -FLIP_MARGIN ("pos") or
-#: g <= FLIP_MARGIN ("neg"); ten times HiGHS' and Gurobi's feasibility tolerances.
-FLIP_MARGIN = 1e-5
 
-
-def needed_outputs(data: MILPInput, deepest: int) -> list[np.ndarray]:
-    """Neuron outputs feed only later layers: none is needed in the deepest one."""
-    return [np.full(len(b), layer < deepest) for layer, b in enumerate(data.biases)]
-
-
-def build(data: MILPInput, candidates: list[Candidate], relu: str = "bigm") -> Handle:
+def build(data: MILPInput, candidates: list[Candidate], relu: str = DEFAULT_RELU) -> Handle:
     deepest = max(layer for layer, _, _ in candidates)
     data = data.truncated(deepest + 1)
     handle = Handle(pyo.ConcreteModel(name="network_formulation"), [])
     build_layers(data, needed_outputs(data, deepest), handle, relu)
+    add_count_objective(handle, candidates)
+    return handle
+
+
+def add_count_objective(handle: Handle, candidates: list[Candidate]) -> None:
+    """The indicators, their flip constraints and the objective counting them, on any
+    model whose Handle records each candidate's g and mutable bounds."""
     m = handle.model
     m.z = pyo.Var(range(len(candidates)), domain=pyo.Binary)
     m.flip = pyo.ConstraintList()
@@ -41,7 +39,6 @@ def build(data: MILPInput, candidates: list[Candidate], relu: str = "bigm") -> H
             m.flip.add(g <= FLIP_MARGIN * z + handle.upper[(layer, j)] * (1 - z))
         handle.z[(layer, j, side)] = z
     m.objective = pyo.Objective(expr=pyo.quicksum(m.z.values()), sense=pyo.maximize)
-    return handle
 
 
 register(

@@ -8,19 +8,18 @@ they are proved stable and tightening the big-M parameters with proven optima.
 
 from __future__ import annotations
 
-import numpy as np
 import pyomo.environ as pyo
 
-from .base import Candidate, Handle, MILPInput, register
+from .base import DEFAULT_RELU, Candidate, Handle, MILPInput, needed_outputs
+from .registry import register
 from .relu import build_layers
 
 
-def build(data: MILPInput, candidates: list[Candidate], relu: str = "bigm") -> Handle:
+def build(data: MILPInput, candidates: list[Candidate], relu: str = DEFAULT_RELU) -> Handle:
     deepest = max(layer for layer, _, _ in candidates)
     data = data.truncated(deepest + 1)
     handle = Handle(pyo.ConcreteModel(name="neuron_formulation"), [])
-    need = [np.full(len(b), layer < deepest) for layer, b in enumerate(data.biases)]
-    build_layers(data, need, handle, relu)
+    build_layers(data, needed_outputs(data, deepest), handle, relu)
     handle.model.objective = pyo.Objective(expr=0.0, sense=pyo.maximize)
     return handle
 

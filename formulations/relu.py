@@ -1,18 +1,18 @@
 """Building blocks shared by the formulations: the input box, affine rows and ReLUs.
 
-``RELU_ENCODINGS`` maps a name to the function that encodes one ReLU; a variant
-formulation can add its own encoding there and pass its name to ``build_layers``.
+``build_layers`` models the hidden layers with the registered ReLU encoding named by
+its caller, so every formulation built on it takes ``relu=NAME`` per call; an
+encoding of one's own is one class registered with ``register_relu``.
 """
 
 from __future__ import annotations
-
-from collections.abc import Callable
 
 import numpy as np
 import pyomo.environ as pyo
 from pyomo.core.expr.numeric_expr import LinearExpression
 
-from .base import Handle, MILPInput
+from .base import DEFAULT_RELU, Handle, Key, MILPInput
+from .registry import register_relu, relu_encoding
 
 
 def affine(weights_row: np.ndarray, bias: float, inputs: list) -> LinearExpression:
@@ -26,37 +26,42 @@ def affine(weights_row: np.ndarray, bias: float, inputs: list) -> LinearExpressi
     return LinearExpression(constant=float(bias), linear_coefs=coefs, linear_vars=vars_)
 
 
-def bigm_relu(block: pyo.Block, key: tuple[int, int], g, lower, upper, handle: Handle):
-    """h = max(0, g) with g in [L, U], L < 0 < U: the standard big-M encoding."""
-    h = pyo.Var(bounds=(0.0, max(pyo.value(upper), 0.0)))
-    a = pyo.Var(domain=pyo.Binary)
-    name = f"{key[0]}_{key[1]}"
-    block.add_component(f"h_{name}", h)
-    block.add_component(f"a_{name}", a)
-    block.add_component(f"ge_g_{name}", pyo.Constraint(expr=h >= g))
-    block.add_component(f"le_g_{name}", pyo.Constraint(expr=h <= g - lower * (1 - a)))
-    block.add_component(f"le_u_{name}", pyo.Constraint(expr=h <= upper * a))
-    handle.a[key] = a
-    return h
+class BigM:
+    """The standard big-M encoding: h >= g, h <= g - L (1 - a), h <= U a, binary a = 1
+    when active."""
+
+    def binary_value(self, active: bool) -> int:
+        return int(active)
+
+    def encode(self, block: pyo.Block, key: Key, g, lower, upper) -> tuple[pyo.Var, pyo.Var]:
+        h = pyo.Var(bounds=(0.0, max(pyo.value(upper), 0.0)))
+        a = pyo.Var(domain=pyo.Binary)
+        name = f"{key[0]}_{key[1]}"
+        block.add_component(f"h_{name}", h)
+        block.add_component(f"a_{name}", a)
+        block.add_component(f"ge_g_{name}", pyo.Constraint(expr=h >= g))
+        block.add_component(f"le_g_{name}", pyo.Constraint(expr=h <= g - lower * (1 - a)))
+        block.add_component(f"le_u_{name}", pyo.Constraint(expr=h <= upper * a))
+        return h, a
 
 
-RELU_ENCODINGS: dict[str, Callable] = {"bigm": bigm_relu}
+register_relu("bigm", BigM())
 
 
 def build_layers(
-    data: MILPInput, need_output: list[np.ndarray], handle: Handle, relu: str = "bigm"
+    data: MILPInput, need_output: list[np.ndarray], handle: Handle, relu: str = DEFAULT_RELU
 ) -> None:
     """Model the hidden layers of ``data`` on ``handle.model``.
 
-    Every neuron gets its pre-activation expression in ``handle.g``; neurons whose
-    output is needed (``need_output[l][j]``) also get ``h``: 0 when proved inactive
-    (no variable), g itself when proved active (an equality, no binary), and a ReLU
-    from ``RELU_ENCODINGS[relu]`` otherwise.
+    Every neuron gets its pre-activation expression in ``handle.g`` and mutable bounds
+    in ``handle.lower``/``upper``; neurons whose output is needed (``need_output[l][j]``)
+    also get ``h``: 0 when proved inactive (no variable), g itself when proved active
+    (an equality, no binary), and the ReLU encoding registered as ``relu`` otherwise.
     """
+    encoding = relu_encoding(relu)
     m = handle.model
     m.x = pyo.Var(range(len(data.lo)), bounds=lambda _, i: (data.lo[i], data.hi[i]))
     handle.x = [m.x[i] for i in range(len(data.lo))]
-    encode = RELU_ENCODINGS[relu]
     inputs: list = handle.x
     for layer, (w, b) in enumerate(zip(data.weights, data.biases)):
         blk = pyo.Block()
@@ -83,8 +88,9 @@ def build_layers(
                 h = pyo.Var(bounds=(max(lo, 0.0), up))
                 blk.add_component(f"h_{j}", h)
                 blk.add_component(f"eq_{j}", pyo.Constraint(expr=h == g))
+                handle.h[key] = h
             else:
-                h = encode(blk, key, g, blk.L[j], blk.U[j], handle)
-            handle.h[key] = h
+                h, a = encoding.encode(blk, key, g, blk.L[j], blk.U[j])
+                handle.add_relu(key, h, a, encoding)
             outputs[j] = h
         inputs = outputs
