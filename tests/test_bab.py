@@ -172,3 +172,15 @@ def test_bab_proofs_survive_an_lp_recheck(seed):
                     assert leaf_bound(net, box, 1, j, sign, leaf) <= 0
                     rechecked += 1
     assert rechecked > 0
+
+
+def test_jobs_decide_the_same():
+    """Candidates proved side by side in threads give the states one at a time gives."""
+    net, box = _net(7, (4, 12, 12, 8, 2))
+    states = []
+    for jobs in (1, 2):
+        options = StabilityOptions(prover="bab", samples=0, witness_search=False, jobs=jobs)
+        report = find_stable_neurons(net, box, None, options)
+        states.append(report.states)
+    for a, b in zip(*states):
+        assert (a == b).all()

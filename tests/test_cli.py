@@ -228,3 +228,19 @@ def test_every_writing_subcommand_takes_o(capsys):
         parser.parse_args(["bench", "--help"])
     shown = capsys.readouterr().out
     assert "-o DIR, --output DIR" in shown and "--out " not in shown
+
+
+def test_prover_and_certify_on_the_command_line(tmp_path, model_file):
+    """--prover, --jobs and --certify reach the pipeline; stability.json says which
+    proofs rest on sound arithmetic."""
+    js = tmp_path / "s.json"
+    argv = ["stability", str(model_file), "--samples", "0", "--no-witness-search"]
+    assert main([*argv, "--prover", "bab", "--jobs", "2", "--json", str(js)]) == 0
+    data = json.loads(js.read_text())
+    assert data["options"]["prover"] == "bab" and data["options"]["jobs"] == 2
+    assert data["proofs"]["solver"] == 0
+    assert "bab" in data["seconds"] and "tighten" in data["seconds"]
+    assert main([*argv, "--prover", "milp", "--certify", "--json", str(js)]) == 0
+    data = json.loads(js.read_text())
+    assert data["options"]["certify"] and "certify" in data["stages"]
+    assert data["proofs"]["solver"] == 0  # every MILP proof re-proved, or withdrawn
