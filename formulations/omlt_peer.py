@@ -48,7 +48,7 @@ OMLT_RELU = OmltRelu()
 
 def build(data: MILPInput, candidates: list[Candidate], relu: str = DEFAULT_RELU) -> Handle:
     if relu != "bigm":
-        raise FormulationError(f"omlt encodes ReLUs with OMLT's big-M; --relu {relu} needs another")
+        raise FormulationError(f"it encodes ReLUs with OMLT's own big-M, not --relu {relu}")
     deepest = max(layer for layer, _, _ in candidates)
     data = data.truncated(deepest + 1)
     net = NetworkDefinition(scaled_input_bounds=dict(enumerate(zip(data.lo, data.hi))))
