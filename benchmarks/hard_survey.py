@@ -32,10 +32,13 @@ SURVEY: tuple[TrainRecipe, ...] = (
     TrainRecipe(D28, (100,) * 6, 1e-4),
     TrainRecipe(D28, (100,) * 6, 2e-4),
     TrainRecipe(D28, (100,) * 6, 1.5e-4),
+    TrainRecipe(D28, (100,) * 7, 5e-5),
     TrainRecipe(D28, (100,) * 7, 1e-4),
+    TrainRecipe(D28, (64,) * 8, 2e-5),
     TrainRecipe(D28, (64,) * 8, 5e-5),
     TrainRecipe(D28, (64,) * 8, 1e-4),
     TrainRecipe(D28, (64,) * 8, 2e-4),
+    TrainRecipe(D28, (100,) * 8, 2e-5),
     TrainRecipe(D28, (100,) * 8, 5e-5),
     TrainRecipe(D28, (100,) * 8, 1e-4),
     TrainRecipe(D28, (200,) * 4, 1e-4),
@@ -55,6 +58,9 @@ SURVEY: tuple[TrainRecipe, ...] = (
     TrainRecipe(RGB, (400,) * 2, 2e-4),
     TrainRecipe(RGB, (100,) * 3, 2e-4),
     TrainRecipe(RGB, (100,) * 4, 1e-4),
+    TrainRecipe(D28, (64,) * 8, 1e-4, lr=0.02),
+    TrainRecipe(D28, (100,) * 8, 1e-4, lr=0.02),
+    TrainRecipe(D28, (100,) * 8, 1e-4, lr=0.01),
 )
 
 

@@ -29,7 +29,7 @@ from exactcompress.errors import ExactCompressError
 from exactcompress.prune import compress as prune
 from exactcompress.report import ACTIVE, INACTIVE, STATES, UNDECIDED, UNSTABLE, StabilityReport
 from exactcompress.solvers import ADAPTERS, require
-from exactcompress.stability import StabilityOptions, find_stable_neurons
+from exactcompress.stability import STAGE_NAMES, StabilityOptions, find_stable_neurons
 from exactcompress.train import accuracy
 from exactcompress.verify import verify
 
@@ -43,14 +43,13 @@ CONFIGS: dict[str, Callable[..., StabilityOptions]] = {
     "bab": partial(StabilityOptions, prover="bab"),
     "paper": StabilityOptions.paper,
 }
-STAGES = ("bounds", "refute", "witness", "lp", "tighten", "bab", "milp", "certify")
 #: which stage decided the neurons that reached the exact stage: one CSV column each
 #: (witnesses mined from MILP solutions count as milp, the decider exact.py records)
 EXACT_OUTCOMES = ("tighten", "bab", "milp", "other", "undecided")
 FIELDS = (
     "model", "config", "formulation", "solver", "status",
     "dataset", "inputs", "arch", "l1", "data", "time_limit",
-    "seconds", *(f"seconds_{s}" for s in STAGES),
+    "seconds", *(f"seconds_{s}" for s in STAGE_NAMES),
     "stably_active", "stably_inactive", "unstable", "undecided", "complete",
     "milp_candidates", "milp_solves", "exact_candidates",
     *(f"exact_{o}" for o in EXACT_OUTCOMES), "stable_pct_per_layer",
@@ -222,7 +221,7 @@ def run_one(lm: LoadedModel, key: RunKey, time_limit: float | None, say: Say | N
     row.update(
         status="ok",
         seconds=_round(report.seconds.get("total")),
-        **{f"seconds_{s}": _round(report.seconds.get(s)) for s in STAGES},
+        **{f"seconds_{s}": _round(report.seconds.get(s)) for s in STAGE_NAMES},
         **{k: counts[k] for k in STATES},
         complete=report.complete,
         milp_candidates=milp.get("candidates", 0),

@@ -171,8 +171,9 @@ def pipeline_suite(repo: Path = REPO) -> list[BenchModel]:
 def hard_suite() -> list[BenchModel]:
     """Networks whose neurons reach the exact stage: candidates survive interval bounds,
     sampling and the gradient witness search (``python -m benchmarks.hard_survey``
-    counts them; the survey is in benchmarks/README.md). Deep, wide, 784 and 3072
-    inputs, from 1 to 36 candidates; the paper's shapes first."""
+    counts them; the survey is in benchmarks/README.md). Deep (up to 8x64, where the
+    recipe still trains at L1 = 2e-5), wide, 784 and 3072 inputs, from 1 to 43
+    candidates; the paper's shapes first."""
     recipes = [
         TrainRecipe("digits28", (100,) * 3, 2e-4),
         TrainRecipe("digits28", (100,) * 4, 2e-4),
@@ -183,6 +184,7 @@ def hard_suite() -> list[BenchModel]:
         TrainRecipe("digits28", (800, 800), 2e-4),
         TrainRecipe("digits28", (200,) * 4, 2e-4),
         TrainRecipe("digits28", (150,) * 6, 1e-4),
+        TrainRecipe("digits28", (64,) * 8, 2e-5),
         TrainRecipe("digits-rgb32", (100, 100), 2e-4),
         TrainRecipe("digits-rgb32", (200, 200), 2e-4),
         TrainRecipe("digits-rgb32", (400, 400), 2e-4),

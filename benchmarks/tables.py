@@ -556,7 +556,10 @@ def hard_acceptance(
                 "no such model"
                 if median is None
                 else f"{median:.1f}x{star} over {len(slow)} models",
-                _met(median is not None and median >= TARGET_SPEEDUP, median is not None)
+                (
+                    _met(median is not None and median >= TARGET_SPEEDUP, median is not None)
+                    + (" (`*`: a bound)" if star and (median or 0) < TARGET_SPEEDUP else "")
+                )
                 if targeted
                 else "(reference)",
             ],
