@@ -52,7 +52,7 @@ FIELDS = (
     "seconds", *(f"seconds_{s}" for s in STAGE_NAMES),
     "stably_active", "stably_inactive", "unstable", "undecided", "complete",
     "milp_candidates", "milp_solves", "exact_candidates",
-    *(f"exact_{o}" for o in EXACT_OUTCOMES), "stable_pct_per_layer",
+    *(f"exact_{o}" for o in EXACT_OUTCOMES), "undecided_why", "stable_pct_per_layer",
     "connections_before", "connections_after", "connections_removed_pct",
     "acc_before", "acc_after", "verified", "solver_used", "states",
 )  # fmt: skip
@@ -227,6 +227,7 @@ def run_one(lm: LoadedModel, key: RunKey, time_limit: float | None, say: Say | N
         milp_candidates=milp.get("candidates", 0),
         milp_solves=milp.get("solves", 0),
         **exact_outcomes(report),
+        undecided_why=undecided_why(report),
         stable_pct_per_layer=";".join(
             f"{100 * np.isin(s, (ACTIVE, INACTIVE)).mean():.1f}" for s in report.states
         ),
@@ -260,6 +261,16 @@ def exact_outcomes(report: StabilityReport) -> dict[str, int]:
         counts[_outcome(decider)] += 1
     total = len(why) if why is not None else milp.get("candidates", 0)
     return {"exact_candidates": total, **{f"exact_{k}": v for k, v in counts.items()}}
+
+
+def undecided_why(report: StabilityReport) -> str:
+    """'L2 n5: time limit; ...' for every undecided neuron, from the report's notes."""
+    why = dict(note.split(": ", 1) for note in report.notes if ": " in note)
+    return "; ".join(
+        f"L{layer + 1} n{j}: {why.get(f'layer {layer + 1} neuron {j}', 'no reason recorded')}"
+        for layer, states in enumerate(report.states)
+        for j in np.flatnonzero(states == UNDECIDED)
+    )
 
 
 def _outcome(decider: str) -> str:

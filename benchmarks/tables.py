@@ -509,8 +509,22 @@ def hard_tables(rows: Sequence[Row], disagreements: Sequence[str] = ()) -> list[
             )
         align = "lrll" + "l" * len(configs) + "r" * (2 * len(configs) - 1)
         lines += [f"Formulation {form}, solver {solver}:", "", *_table(head, body, align)]
+        lines += _undecided_lines([index.get((m, NEW, form, solver)) for m in models])
         lines += hard_acceptance(rows, form, solver, disagreements)
     return lines
+
+
+def _undecided_lines(runs: Sequence[Row | None], most: int = 12) -> list[str]:
+    """Which neurons each incomplete ``full`` run left undecided, and why."""
+    out = []
+    for r in runs:
+        if r and r["status"] == "ok" and not _complete(r) and r.get("undecided_why"):
+            items = r["undecided_why"].split("; ")
+            more = f"; … {len(items) - most} more" if len(items) > most else ""
+            out.append(f"- {r['model']}: {'; '.join(items[:most])}{more}")
+    if not out:
+        return []
+    return [f"Undecided in the incomplete `{NEW}` runs (L layer, n neuron: why):", "", *out, ""]
 
 
 def hard_acceptance(

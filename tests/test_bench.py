@@ -212,7 +212,16 @@ def test_hard_table_counts_candidates_speedups_and_targets(tmp_path):
         hard_row("a", "full", "5x100", 784, 2.0, **decided),
         hard_row("a", "milp-interval", "5x100", 784, 300.0, complete=False, exact_candidates="5"),
         hard_row("a", "paper", "5x100", 784, 300.0, complete=False, exact_candidates="40"),
-        hard_row("b", "full", "2x800", 784, 400.0, complete=False, exact_candidates="18"),
+        hard_row(
+            "b",
+            "full",
+            "2x800",
+            784,
+            400.0,
+            complete=False,
+            exact_candidates="18",
+            undecided_why="L2 n3: time limit",
+        ),
         hard_row("b", "milp-interval", "2x800", 784, 100.0, exact_candidates="18"),
         hard_row("c", "full", "6x150", 784, 1.0, exact_candidates="0"),  # deep: out of scope
         hard_row("c", "milp-interval", "6x150", 784, 1.0, exact_candidates="0"),
@@ -236,12 +245,25 @@ def test_hard_table_counts_candidates_speedups_and_targets(tmp_path):
     assert "worst full/milp-interval 4.00* (b)" in target(
         "no model more than 1.5x slower with `full` than `milp"
     )
+    assert "- b: L2 n3: time limit" in lines  # why the incomplete run left them open
     assert "(reference)" in target("median speed-up `full` over `paper`")
     assert "**met**" in target("same stable sets")
     conflict = "\n".join(tables.hard_tables(rows, disagreements=["a: x and y disagree"]))
     assert "1 disagreement(s) | **not met**" in conflict
     # not a hard-suite comparison (no milp-interval run): no hard table
     assert tables.hard_tables([r for r in rows if r["config"] != "milp-interval"]) == []
+
+
+def test_undecided_neurons_are_listed_with_their_reason():
+    import numpy as np
+
+    from exactcompress.report import StabilityReport
+
+    states = [np.array(["unstable", "undecided"], object), np.array(["undecided"], object)]
+    report = StabilityReport(
+        [4, 2, 1, 1], {}, "network", "highs", states, {}, {}, notes=["layer 1 neuron 1: solver"]
+    )
+    assert runner.undecided_why(report) == "L1 n1: solver; L2 n0: no reason recorded"
 
 
 def test_new_configs_are_checked_for_agreement_and_old_csvs_upgrade(tmp_path):
