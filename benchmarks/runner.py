@@ -40,8 +40,18 @@ CONFIGS: dict[str, Callable[..., StabilityOptions]] = {
     "full": StabilityOptions,
     "full-lp": partial(StabilityOptions, tighten="lp"),
     "milp-interval": partial(StabilityOptions, prover="milp", bounds="interval"),
+    "milp-certify": partial(StabilityOptions, prover="milp", bounds="interval", certify=True),
     "bab": partial(StabilityOptions, prover="bab"),
     "paper": StabilityOptions.paper,
+    "paper-lp": partial(StabilityOptions.paper, tighten="lp"),
+    # the cheap stages' bounds side by side (suite "bounds"): --bounds x --tighten
+    **{
+        f"{b}{'-lp' if t == 'lp' else ''}": partial(
+            StabilityOptions, bounds=b, tighten=t, prover="milp"
+        )
+        for b in ("interval", "crown", "alpha-crown")
+        for t in ("none", "lp")
+    },
 }
 #: which stage decided the neurons that reached the exact stage: one CSV column each
 #: (witnesses mined from MILP solutions count as milp, the decider exact.py records)

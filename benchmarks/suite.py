@@ -193,6 +193,18 @@ def hard_suite() -> list[BenchModel]:
     return [trained(r) for r in recipes]
 
 
+def bounds_suite(repo: Path = REPO) -> list[BenchModel]:
+    """Which --bounds and --tighten pay: small and mid-size networks and the published
+    CIFAR-10 model, run with configs interval | crown | alpha-crown (each with -lp)."""
+    recipes = [
+        TrainRecipe("digits", (32, 32, 32), 1e-3),
+        TrainRecipe("digits28", (100, 100), 3e-4),
+        TrainRecipe("digits28", (100, 100), 0.0),
+    ]
+    refs = [m for m in reference_models(repo) if m.name == "ref:cifar10-pruned"]
+    return [trained(r) for r in recipes] + refs
+
+
 def trained(recipe: TrainRecipe) -> BenchModel:
     return BenchModel(recipe.name, recipe=recipe, dataset=recipe.dataset, l1=recipe.l1)
 

@@ -12,12 +12,26 @@ import sys
 from .errors import ExactCompressError
 from .io import make_dir
 
-SUITES = ("paper", "quick", "pipeline", "hard")
-_DEFAULT_TIME_LIMIT = {"paper": 300.0, "quick": 30.0, "pipeline": 120.0, "hard": 300.0}
+SUITES = ("paper", "quick", "pipeline", "hard", "bounds")
+_DEFAULT_TIME_LIMIT = {
+    "paper": 300.0,
+    "quick": 30.0,
+    "pipeline": 120.0,
+    "hard": 300.0,
+    "bounds": 60.0,
+}
 #: per suite, the (configs, formulations, solvers) run unless the command names them
 _DEFAULTS = {
     "hard": (["full", "milp-interval", "paper"], ["network"], ["highs"]),
-}
+    "bounds": (
+        [
+            "interval", "interval-lp", "crown", "crown-lp", "alpha-crown", "alpha-crown-lp",
+            "paper", "paper-lp",
+        ],
+        ["network", "neuron"],
+        ["highs"],
+    ),
+}  # fmt: skip
 _DEFAULT_SETTINGS = (["full", "paper"], ["network", "neuron"], ["highs", "gurobi"])
 
 
@@ -49,7 +63,8 @@ def add_bench_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
         help="paper: the paper's shapes and L1 levels on digits stand-ins plus the reference "
         "models (hours); quick: six networks (minutes); pipeline: where the paper's "
         "configuration is slow, for full-pipeline/paper ratios; hard: networks whose "
-        "neurons reach the exact stage (configs full, milp-interval, paper; network; highs)",
+        "neurons reach the exact stage (configs full, milp-interval, paper; network; highs); "
+        "bounds: which --bounds and --tighten pay, on four networks",
     )
     p.add_argument("--quick", action="store_true", help="same as --suite quick")
     p.add_argument("--models", nargs="+", default=[], metavar="PATH", help="extra model files")
@@ -108,6 +123,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         "quick": suite.quick_suite,
         "pipeline": suite.pipeline_suite,
         "hard": suite.hard_suite,
+        "bounds": suite.bounds_suite,
     }
     models = [] if args.no_suite else builders[name]()
     models += suite.user_models(args.models)

@@ -281,3 +281,18 @@ def test_new_configs_are_checked_for_agreement_and_old_csvs_upgrade(tmp_path):
     append_row(old, fake_row("m", "paper", "AI"))
     rows = read_rows(old)
     assert [r["config"] for r in rows] == ["full", "paper"] and rows[0]["exact_candidates"] == ""
+
+
+def test_bounds_suite_is_runner_configs():
+    """The bounds-and-tightening comparison is configs of the one runner, not a script."""
+    from exactcompress.bench_cli import _DEFAULTS
+
+    from benchmarks import suite
+
+    configs, formulations, solvers = _DEFAULTS["bounds"]
+    assert set(configs) <= set(runner.CONFIGS)
+    for name in configs:
+        runner.CONFIGS[name]()  # every config builds valid options
+    assert runner.CONFIGS["crown-lp"]().tighten == "lp"
+    assert runner.CONFIGS["milp-certify"]().certify
+    assert len(suite.bounds_suite()) >= 3
