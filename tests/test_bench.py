@@ -285,9 +285,8 @@ def test_new_configs_are_checked_for_agreement_and_old_csvs_upgrade(tmp_path):
 
 def test_bounds_suite_is_runner_configs():
     """The bounds-and-tightening comparison is configs of the one runner, not a script."""
-    from exactcompress.bench_cli import _DEFAULTS
-
     from benchmarks import suite
+    from exactcompress.bench_cli import _DEFAULTS
 
     configs, formulations, solvers = _DEFAULTS["bounds"]
     assert set(configs) <= set(runner.CONFIGS)
