@@ -86,3 +86,35 @@ def test_cifar10_pruned_paper_configuration_agrees_with_full_pipeline():
         lo, up = cand["bounds"]
         assert lo < 0 < up and cand["never_seen"] and cand["outcome"] != "undecided"
     assert all((a == b).all() for a, b in zip(full.states, paper.states))
+
+
+def test_cifar10_vnnlib_exports_match_the_forward_pass(tmp_path):
+    """Issue 10's acceptance: the VNN-LIB exports of the CIFAR-10 model's exact-stage
+    candidates parse back, and their ONNX networks give the float64 pre-activations to
+    1e-12 under onnxruntime, an engine independent of the package."""
+    ort = pytest.importorskip("onnxruntime")
+    import numpy as np
+
+    from exactcompress.vnnlib import export_candidates, read_property
+
+    net = load_network(str(REFERENCE / "cifar10-pruned" / "pruned_checkpoint_120.tar"))
+    box = Box.uniform(3072)
+    paper = find_stable_neurons(
+        net, box, options=StabilityOptions.paper(formulation="neuron", solver="highs")
+    )
+    why = paper.extra["milp"]["why_candidates"]
+    assert why
+    exported = export_candidates(net, box, why, tmp_path)
+    assert exported
+    x = np.random.default_rng(0).random((64, 3072))
+    want = net.preactivations(x)
+    for onnx_path in sorted({e.onnx for e in exported}):
+        session = ort.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
+        layer = next(e.layer for e in exported if e.onnx == onnx_path)
+        got = np.vstack([session.run(None, {"X": row[None, :]})[0] for row in x])
+        scale = np.abs(want[layer - 1]).max()
+        assert np.abs(got - want[layer - 1]).max() <= 1e-12 * max(1.0, scale)
+    for e in exported:
+        prop = read_property(e.vnnlib)
+        assert (prop.lo == box.lo).all() and (prop.hi == box.hi).all()
+        assert prop.output == e.neuron and prop.n_out == net.hidden_widths[e.layer - 1]
