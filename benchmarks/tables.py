@@ -548,7 +548,7 @@ def hard_acceptance(
             [
                 f"{inputs} inputs, up to {shapes}: `{NEW}` complete within {HARD_LIMIT_S:g} s",
                 f"{len(scope) - len(late)} of {len(scope)}"
-                + (f" (not: {', '.join(late)})" if late else ""),
+                + (f" (not: {', '.join(_late(new[m]) for m in late)})" if late else ""),
                 _met(bool(scope) and not late, bool(scope)),
             ]
         )
@@ -595,6 +595,13 @@ def hard_acceptance(
         "",
         *_table(["target", "measured", ""], body, "lrl"),
     ]
+
+
+def _late(row: Row) -> str:
+    """The model, and the run's own limit when it stopped short of HARD_LIMIT_S."""
+    limit = _f(row, "time_limit")
+    short = limit is not None and limit < HARD_LIMIT_S and not _complete(row)
+    return row["model"] + (f" at its {limit:g} s limit" if short else "")
 
 
 def _within(row: Row, limit: float) -> bool:

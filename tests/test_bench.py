@@ -222,6 +222,7 @@ def test_hard_table_counts_candidates_speedups_and_targets(tmp_path):
             exact_candidates="18",
             undecided_why="L2 n3: time limit",
         ),
+        hard_row("e", "full", "2x100", 784, 90.0, complete=False, time_limit="90"),
         hard_row("b", "milp-interval", "2x800", 784, 100.0, exact_candidates="18"),
         hard_row("c", "full", "6x150", 784, 1.0, exact_candidates="0"),  # deep: out of scope
         hard_row("c", "milp-interval", "6x150", 784, 1.0, exact_candidates="0"),
@@ -237,7 +238,8 @@ def test_hard_table_counts_candidates_speedups_and_targets(tmp_path):
     def target(start: str) -> str:
         return next(line for line in lines if line.startswith(f"| {start}"))
 
-    assert "1 of 2 (not: b)" in target("784 inputs") and "not met" in target("784 inputs")
+    assert "1 of 3 (not: b, e at its 90 s limit)" in target("784 inputs")
+    assert "not met" in target("784 inputs")
     assert "1 of 1" in target("3072 inputs") and "**met**" in target("3072 inputs")
     # median of 150x and 40x over a, d (milp-interval > 10 s; b too: 0.25x) = 40x
     speedup = target("median speed-up `full` over `milp-interval`")
