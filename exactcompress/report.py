@@ -26,11 +26,42 @@ __all__ = [
     "UNDECIDED",
     "UNSTABLE",
     "NeuronEvidence",
+    "ExactCandidate",
     "StabilityReport",
     "render_report",
 ]
 
 FORMAT = "exactcompress.stability/1"
+
+
+@dataclass(frozen=True)
+class ExactCandidate:
+    """A neuron no cheap stage decided: why (``never_seen`` states, ``bounds`` crossing 0,
+    the ``seen_range`` of its pre-activation over the points tried), its final state
+    (``outcome``) and the stage that decided it (``decided_by``, '' when undecided)."""
+
+    layer: int  # from 1
+    neuron: int
+    never_seen: tuple[str, ...]
+    bounds: tuple[float, float]
+    seen_range: tuple[float, float] | None
+    why: str
+    outcome: str
+    decided_by: str
+
+    @classmethod
+    def from_json(cls, d: dict) -> ExactCandidate:
+        seen = d.get("seen_range")
+        return cls(
+            int(d["layer"]),
+            int(d["neuron"]),
+            tuple(d.get("never_seen", ())),
+            (float(d["bounds"][0]), float(d["bounds"][1])),
+            None if seen is None else (float(seen[0]), float(seen[1])),
+            str(d.get("why", "")),
+            str(d.get("outcome", UNDECIDED)),
+            str(d.get("decided_by", "")),
+        )
 
 
 @dataclass
@@ -53,6 +84,15 @@ class StabilityReport:
     @property
     def complete(self) -> bool:
         return not self.interrupted and all((s != UNDECIDED).all() for s in self.states)
+
+    @property
+    def candidates(self) -> list[ExactCandidate]:
+        """The neurons that reached the exact stage, as stability.json's
+        ``milp.why_candidates`` records them."""
+        return [
+            ExactCandidate.from_json(c)
+            for c in self.extra.get("milp", {}).get("why_candidates", [])
+        ]
 
     def indices(self, layer: int, state: str) -> list[int]:
         return [int(i) for i in np.flatnonzero(self.states[layer] == state)]

@@ -188,3 +188,14 @@ def test_jobs_decide_the_same():
         states.append(report.states)
     for a, b in zip(*states):
         assert (a == b).all()
+
+
+def test_report_lists_exact_stage_candidates_as_typed_records():
+    net, box = _net(5, (4, 12, 12, 8, 2))
+    options = StabilityOptions(prover="bab", samples=0, witness_search=False)
+    report = find_stable_neurons(net, box, None, options)
+    cands = report.candidates
+    assert cands and all(c.layer >= 1 and c.bounds[0] < 0 < c.bounds[1] for c in cands)
+    for c in cands:
+        assert c.outcome == report.states[c.layer - 1][c.neuron]
+        assert c.decided_by == report.deciders[c.layer - 1][c.neuron]
