@@ -44,6 +44,7 @@ CONFIGS: dict[str, Callable[..., StabilityOptions]] = {
     "bab": partial(StabilityOptions, prover="bab"),
     "paper": StabilityOptions.paper,
     "paper-lp": partial(StabilityOptions.paper, tighten="lp"),
+    "paper-certify": partial(StabilityOptions.paper, certify=True),
     # the cheap stages' bounds side by side (suite "bounds"): --bounds x --tighten
     **{
         f"{b}{'-lp' if t == 'lp' else ''}": partial(
