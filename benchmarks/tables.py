@@ -448,18 +448,21 @@ def _time_cell(row: Row | None) -> str:
     return f"{_f(row, 'seconds') or 0:.1f}" + ("" if _complete(row) else "*")
 
 
-def _speedup(slow: Row | None, fast: Row | None) -> tuple[float, bool] | None:
-    """seconds(slow) / seconds(fast), with whether either run is incomplete."""
+def _speedup(slow: Row | None, fast: Row | None) -> tuple[float, int] | None:
+    """seconds(slow) / seconds(fast), with how many of the two runs are incomplete: with
+    one the ratio is a bound, with both it says nothing (each stopped at the limit)."""
     if not (slow and fast and slow["status"] == fast["status"] == "ok"):
         return None
     t_slow, t_fast = _f(slow, "seconds"), _f(fast, "seconds")
     if t_slow is None or not t_fast:
         return None
-    return t_slow / t_fast, not (_complete(slow) and _complete(fast))
+    return t_slow / t_fast, (not _complete(slow)) + (not _complete(fast))
 
 
-def _ratio_cell(pair: tuple[float, bool] | None) -> str:
-    return "–" if pair is None else f"{pair[0]:.1f}x" + ("*" if pair[1] else "")
+def _ratio_cell(pair: tuple[float, int] | None) -> str:
+    if pair is None:
+        return "–"
+    return "?" if pair[1] == 2 else f"{pair[0]:.1f}x" + "*" * pair[1]
 
 
 def _hard_settings(rows: Sequence[Row]) -> list[tuple[str, str]]:
@@ -488,7 +491,8 @@ def hard_tables(rows: Sequence[Row], disagreements: Sequence[str] = ()) -> list[
         "`undecided` none. Seconds are the whole "
         "pipeline; `*` hit the time limit with neurons undecided. Speed-ups are "
         f"seconds of the other config over `{NEW}`, same run; `*` involves an incomplete run "
-        "(its seconds are a lower bound).",
+        "(its seconds are a lower bound, so the ratio is a bound), `?` both runs stopped at "
+        "the limit (no ratio).",
         "",
     ]
     for form, solver in settings:
@@ -544,12 +548,16 @@ def hard_acceptance(
             and int(r["inputs"]) == inputs
         ]
         late = [m for m in scope if not _within(new[m], HARD_LIMIT_S)]
+        cut_short = [m for m in late if _cut_short(new[m])]
+        verdict = _met(bool(scope) and not late, bool(scope))
+        if cut_short and len(cut_short) == len(late):
+            verdict = "**undetermined**"  # they may still complete within the target
         body.append(
             [
                 f"{inputs} inputs, up to {shapes}: `{NEW}` complete within {HARD_LIMIT_S:g} s",
                 f"{len(scope) - len(late)} of {len(scope)}"
                 + (f" (not: {', '.join(_late(new[m]) for m in late)})" if late else ""),
-                _met(bool(scope) and not late, bool(scope)),
+                verdict,
             ]
         )
     for other, targeted in ((OLD, True), ("paper", False)):
@@ -559,28 +567,42 @@ def hard_acceptance(
         if not pairs:
             continue
         slow = [m for m in pairs if (_f(of[m], "seconds") or 0) > HARD_SLOW_S]
-        star = "*" if any(pairs[m][1] for m in slow) else ""
-        median = statistics.median(pairs[m][0] for m in slow) if slow else None
-        worst = min(pairs, key=lambda m: pairs[m][0])
-        slowdown = 1 / pairs[worst][0]
+        known = [m for m in slow if pairs[m][1] < 2]
+        unknown = len(slow) - len(known)
+        star = "*" if any(pairs[m][1] for m in known) else ""
+        median = statistics.median(pairs[m][0] for m in known) if known else None
+        measured = "no such model" if not slow else "no ratio"
+        if median is not None:
+            measured = f"{median:.1f}x{star} over {len(known)} models"
+        if unknown:
+            measured += f"; {unknown} with both runs at the limit"
+        verdict = _met(median is not None and median >= TARGET_SPEEDUP, bool(slow))
+        if unknown:
+            verdict = "**undetermined**"
+        elif star and median is not None and median < TARGET_SPEEDUP:
+            verdict += " (`*`: a bound)"
+        determined = {m: p for m, p in pairs.items() if p[1] < 2}
+        worst_text, worst_verdict = "no pair with a complete run", "**undetermined**"
+        if determined:
+            worst = min(determined, key=lambda m: determined[m][0])
+            slowdown = 1 / determined[worst][0]
+            worst_text = f"worst {NEW}/{other} {slowdown:.2f}{'*' * determined[worst][1]} ({worst})"
+            worst_verdict = _met(slowdown <= TARGET_WORST, True)
+            if slowdown <= TARGET_WORST and len(determined) < len(pairs):
+                worst_verdict = "**undetermined**"
+            if len(determined) < len(pairs):
+                worst_text += f"; {len(pairs) - len(determined)} with both runs at the limit"
         body += [
             [
                 f"median speed-up `{NEW}` over `{other}` >= {TARGET_SPEEDUP:g}x, models where "
                 f"`{other}` takes > {HARD_SLOW_S:g} s",
-                "no such model"
-                if median is None
-                else f"{median:.1f}x{star} over {len(slow)} models",
-                (
-                    _met(median is not None and median >= TARGET_SPEEDUP, median is not None)
-                    + (" (`*`: a bound)" if star and (median or 0) < TARGET_SPEEDUP else "")
-                )
-                if targeted
-                else "(reference)",
+                measured,
+                verdict if targeted else "(reference)",
             ],
             [
                 f"no model more than {TARGET_WORST:g}x slower with `{NEW}` than `{other}`",
-                f"worst {NEW}/{other} {slowdown:.2f}{'*' if pairs[worst][1] else ''} ({worst})",
-                _met(slowdown <= TARGET_WORST, True) if targeted else "(reference)",
+                worst_text,
+                worst_verdict if targeted else "(reference)",
             ],
         ]
     body.append(
@@ -597,11 +619,15 @@ def hard_acceptance(
     ]
 
 
+def _cut_short(row: Row) -> bool:
+    """Whether the run stopped at a limit shorter than HARD_LIMIT_S, undecided."""
+    limit = _f(row, "time_limit")
+    return limit is not None and limit < HARD_LIMIT_S and not _complete(row)
+
+
 def _late(row: Row) -> str:
     """The model, and the run's own limit when it stopped short of HARD_LIMIT_S."""
-    limit = _f(row, "time_limit")
-    short = limit is not None and limit < HARD_LIMIT_S and not _complete(row)
-    return row["model"] + (f" at its {limit:g} s limit" if short else "")
+    return row["model"] + (f" at its {row['time_limit']} s limit" if _cut_short(row) else "")
 
 
 def _within(row: Row, limit: float) -> bool:

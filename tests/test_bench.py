@@ -239,7 +239,7 @@ def test_hard_table_counts_candidates_speedups_and_targets(tmp_path):
         return next(line for line in lines if line.startswith(f"| {start}"))
 
     assert "1 of 3 (not: b, e at its 90 s limit)" in target("784 inputs")
-    assert "not met" in target("784 inputs")
+    assert "not met" in target("784 inputs")  # b hit the 300 s target; e alone could pass
     assert "1 of 1" in target("3072 inputs") and "**met**" in target("3072 inputs")
     # median of 150x and 40x over a, d (milp-interval > 10 s; b too: 0.25x) = 40x
     speedup = target("median speed-up `full` over `milp-interval`")
@@ -252,6 +252,14 @@ def test_hard_table_counts_candidates_speedups_and_targets(tmp_path):
     assert "**met**" in target("same stable sets")
     conflict = "\n".join(tables.hard_tables(rows, disagreements=["a: x and y disagree"]))
     assert "1 disagreement(s) | **not met**" in conflict
+    # both runs stopped at the limit: no ratio, and the targets cannot be judged
+    stuck = [
+        hard_row("g", c, "2x100", 784, 90.0, complete=False, time_limit="90")
+        for c in ("full", "milp-interval")
+    ]
+    stuck_lines = tables.hard_tables(stuck)
+    assert any(line.endswith("| 90.0* | 90.0* | ? |") for line in stuck_lines)
+    assert sum("**undetermined**" in line for line in stuck_lines) == 3  # g: 90 s < 300 s
     # not a hard-suite comparison (no milp-interval run): no hard table
     assert tables.hard_tables([r for r in rows if r["config"] != "milp-interval"]) == []
 
