@@ -88,7 +88,7 @@ def survey_one(recipe: TrainRecipe, cache: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--cache", default=str(DEFAULT_CACHE))
-    parser.add_argument("--only", default="", help="recipes whose name contains this")
+    parser.add_argument("--only", default="", help="recipes whose cache file name has this")
     args = parser.parse_args()
     keys = (
         "dataset",
