@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from . import refute
-from .bounds import EPS64, Adam, LayerBounds, crown_bounds, pick_device
+from .bounds import EPS64, Adam, LayerBounds, _relaxation, crown_bounds, pick_device
 from .domain import Box
 from .evidence import NeuronEvidence
 from .network import ReLUNetwork
@@ -242,16 +242,10 @@ class CandidateProver:
         alpha: torch.Tensor | None,
         mass: torch.Tensor,
     ) -> _Relax:
-        active = lower >= 0
-        inactive = (upper <= 0) & ~active
-        free = ~active & ~inactive
-        width = torch.where(free, upper - lower, torch.ones_like(upper))
-        up = torch.where(free, upper / width, active.to(upper.dtype))
-        shift = torch.maximum(-up * lower, upper * (1 - up)) * (1 + 8 * EPS64)
-        shift = torch.where(free, shift, torch.zeros_like(shift))
-        default_low = torch.where(free, (upper > -lower).to(upper.dtype), active.to(upper.dtype))
-        low = default_low if alpha is None else torch.where(free, alpha, default_low)
-        sign = split.to(upper.dtype)
+        r = _relaxation(lower, upper, mass)
+        free = r.unstable
+        low = r.low_slope if alpha is None else torch.where(free, alpha, r.low_slope)
+        up, shift, sign = r.up_slope, r.up_shift, split.to(upper.dtype)
         return _Relax(up[:, None], shift[:, None], low[:, None], free[:, None], sign[:, None], mass)
 
     def _backward(

@@ -249,6 +249,18 @@ def upper_line(lower: np.ndarray, upper: np.ndarray) -> tuple[np.ndarray, np.nda
     return slope, shift
 
 
+def narrow(lower: np.ndarray, upper: np.ndarray, j: int, value: float, maximize: bool) -> bool:
+    """Take a sound LP bound of neuron j (its max when ``maximize``, else its min) where it
+    is tighter than the one held; says whether it was."""
+    if maximize and value < upper[j]:
+        upper[j] = value
+        return True
+    if not maximize and value > lower[j]:
+        lower[j] = value
+        return True
+    return False
+
+
 def repropagate(net, box, bounds: LayerBounds, layer: int, method: str, device=None) -> LayerBounds:
     """Bounds of the layers after ``layer`` recomputed from the (tighter) bounds of the
     layers up to it: interval arithmetic when ``method`` is interval, else CROWN;
@@ -327,12 +339,7 @@ def lp_tighten(
             if value is None:
                 continue
             stats["refuted"] += evidence.observe(x, STAGE)
-            if maximize and value < upper[layer][j]:
-                upper[layer][j] = value
-                stats["tightened"] += 1
-                changed = True
-            elif not maximize and value > lower[layer][j]:
-                lower[layer][j] = value
+            if narrow(lower[layer], upper[layer], j, value, maximize):
                 stats["tightened"] += 1
                 changed = True
             if maximize and value < 0:
@@ -458,12 +465,7 @@ def tighten_for_exact(
                 if value is None:
                     continue
                 evidence.observe(x, "tighten")
-                if maximize and value < upper[layer][j]:
-                    upper[layer][j] = value
-                    stats["tightened"] += 1
-                    changed = True
-                elif not maximize and value > lower[layer][j]:
-                    lower[layer][j] = value
+                if narrow(lower[layer], upper[layer], j, value, maximize):
                     stats["tightened"] += 1
                     changed = True
         if changed:
