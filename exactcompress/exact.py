@@ -434,6 +434,20 @@ STRATEGIES = {
 }
 
 
+def check_choice(spec: FormulationSpec, relu: str) -> None:
+    """Refuse a formulation whose driver does not exist or that cannot take ``relu``:
+    called before any stage runs, so that a bad choice costs no minutes of bounds."""
+    if spec.strategy not in STRATEGIES:
+        raise ExactCompressError(
+            f"formulation {spec.name} asks for strategy {spec.strategy!r}; "
+            f"strategies: {', '.join(STRATEGIES)}"
+        )
+    if spec.relus is not None and relu not in spec.relus:
+        raise ExactCompressError(
+            f"formulation {spec.name} takes --relu {', '.join(spec.relus)}, not {relu}"
+        )
+
+
 def run_exact_stage(
     evidence: NeuronEvidence,
     spec: FormulationSpec,
@@ -447,11 +461,7 @@ def run_exact_stage(
 ) -> dict:
     """Run the formulation's strategy; ``mine`` lets it search for witnesses from the
     solver's solutions on torch ``device``; ``relu`` names the ReLU encoding."""
-    if spec.strategy not in STRATEGIES:
-        raise ExactCompressError(
-            f"formulation {spec.name} asks for strategy {spec.strategy!r}; "
-            f"strategies: {', '.join(STRATEGIES)}"
-        )
+    check_choice(spec, relu)
     strategy = STRATEGIES[spec.strategy]
     with Heartbeat(evidence, progress) as heartbeat:
 

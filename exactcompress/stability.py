@@ -21,7 +21,7 @@ from .bounds import METHODS, LayerBounds, compute_bounds, decide_from_bounds
 from .domain import Box
 from .errors import ExactCompressError
 from .evidence import NeuronEvidence
-from .exact import open_candidates, run_exact_stage
+from .exact import check_choice, open_candidates, run_exact_stage
 from .network import ReLUNetwork
 from .report import StabilityReport
 from .solvers import solver_factory
@@ -118,6 +118,7 @@ def find_stable_neurons(
         formulations.relu_encoding(options.relu)
     except (KeyError, ImportError) as err:
         raise ExactCompressError(str(err.args[0])) from None
+    check_choice(spec, options.relu)
     start = time.monotonic()
     ctx = Context(
         evidence=NeuronEvidence(net, box),

@@ -186,3 +186,5 @@ class FormulationSpec:
     strategy: str
     build: Build | Callable[..., Handle]
     description: str = ""
+    #: the ReLU encodings ``build`` accepts; None: every registered one
+    relus: tuple[str, ...] | None = None

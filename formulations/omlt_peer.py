@@ -112,7 +112,13 @@ def _link_layer(handle: Handle, data: MILPInput, layer: int, blk, inputs, lower,
 
 
 if OMLT_MISSING is None:
-    register("omlt", "network", build, "network formulation on OMLT's ReLU big-M (peer baseline)")
+    register(
+        "omlt",
+        "network",
+        build,
+        "network formulation on OMLT's ReLU big-M (peer baseline)",
+        relus=(DEFAULT_RELU,),
+    )
 else:
     mark_unavailable(
         "omlt",

@@ -25,11 +25,18 @@ RELU_ENCODINGS: dict[str, ReluEncoding] = {}
 UNAVAILABLE: dict[str, str] = {}
 
 
-def register(name: str, strategy: str, build: Build, description: str = "") -> FormulationSpec:
-    """Make ``build`` available as ``--formulation name``, solved by driver ``strategy``."""
+def register(
+    name: str,
+    strategy: str,
+    build: Build,
+    description: str = "",
+    relus: tuple[str, ...] | None = None,
+) -> FormulationSpec:
+    """Make ``build`` available as ``--formulation name``, solved by driver ``strategy``;
+    ``relus`` limits the ``--relu`` encodings it accepts (checked before any stage runs)."""
     if not isinstance(strategy, str) or not strategy:
         raise ValueError(f"strategy must name a driver, got {strategy!r}")
-    spec = FormulationSpec(name, strategy, build, description)
+    spec = FormulationSpec(name, strategy, build, description, relus)
     FORMULATIONS[name] = spec
     UNAVAILABLE.pop(name, None)
     return spec

@@ -305,3 +305,17 @@ def test_bounds_suite_is_runner_configs():
     assert runner.CONFIGS["crown-lp"]().tighten == "lp"
     assert runner.CONFIGS["milp-certify"]().certify
     assert len(suite.bounds_suite()) >= 3
+
+
+def test_targets_come_from_the_readme_table(tmp_path):
+    from benchmarks import tables, targets
+
+    assert tables.TARGET_SPEEDUP == targets.TARGETS.speedup
+    assert tables.HARD_SCOPE[784] == ((2, 800), (5, 100))
+    text = targets.README.read_text(encoding="utf-8")
+    edited = tmp_path / "README.md"
+    edited.write_text(text.replace("| `speedup` | 10 |", "| `speedup` | 7.5 |"), encoding="utf-8")
+    assert targets.load(edited).speedup == 7.5
+    edited.write_text(text.replace("| `hard_limit_s` | 300 |", ""), encoding="utf-8")
+    with pytest.raises(RuntimeError, match="hard_limit_s"):
+        targets.load(edited)

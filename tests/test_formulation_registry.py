@@ -177,8 +177,12 @@ def test_a_strategy_without_a_driver_is_refused():
     w, b = random_net(np.random.default_rng(5), [4, 6, 2])
     formulations.register("no-driver", "nope", network.build)
     options = StabilityOptions.paper(formulation="no-driver", solver="highs")
+    said: list[str] = []
     with pytest.raises(ExactCompressError, match="strategy 'nope'; strategies: network"):
-        find_stable_neurons(ReLUNetwork(w, b), Box.uniform(4), options=options)
+        find_stable_neurons(
+            ReLUNetwork(w, b), Box.uniform(4), options=options, progress=said.append
+        )
+    assert said == []  # refused before any stage ran
 
 
 def test_validate_wants_one_binary_per_open_neuron():

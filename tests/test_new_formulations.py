@@ -123,11 +123,12 @@ def test_binaries_follow_their_encoding(relu):
 def test_omlt_keeps_its_own_encoding():
     w, b = random_net(np.random.default_rng(5), [4, 8, 8, 2], bias_shift=-0.3)
     options = StabilityOptions.paper(formulation="omlt", relu="extended", solver="highs")
-    with pytest.raises(
-        ExactCompressError,
-        match="omlt: it encodes ReLUs with OMLT's own big-M, not --relu extended",
-    ):
-        find_stable_neurons(ReLUNetwork(w, b), Box.uniform(4), options=options)
+    said: list[str] = []
+    with pytest.raises(ExactCompressError, match="omlt takes --relu bigm, not extended"):
+        find_stable_neurons(
+            ReLUNetwork(w, b), Box.uniform(4), options=options, progress=said.append
+        )
+    assert said == []  # refused before any stage ran
 
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference-models"
