@@ -333,7 +333,7 @@ class Heartbeat:
                 f"  milp {time.monotonic() - self.start:5.0f} s: "
                 f"{len(open_candidates(self.evidence))} candidates left, "
                 f"{proved - self._counts0[0]} proved, {unstable - self._counts0[1]} refuted"
-                + ("" if bound is None else f", solver bound {bound:.4g}")
+                + ("" if bound is None or not np.isfinite(bound) else f", solver bound {bound:.4g}")
             )
 
     def __enter__(self) -> Heartbeat:

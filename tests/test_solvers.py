@@ -280,3 +280,23 @@ def test_time_limit_leaves_undecided_neurons_that_pruning_keeps(solver) -> None:
     kept = sum(small.hidden_widths)
     assert kept >= undecided
     assert verify(net, small, box, n_samples=2000).ok
+
+
+def test_lines_printed_while_highs_solves_reach_stderr(capfd, monkeypatch) -> None:
+    """Pyomo captures fds 1 and 2 around HiGHS' solve: the exact stage's heartbeat
+    (another thread, printing to stderr) must still reach the person watching."""
+    import sys
+
+    from exactcompress.solvers.highs import HighsAdapter
+
+    interrupt = HighsAdapter._interrupt
+
+    def loud(self, event) -> None:
+        print("said during the solve", file=sys.stderr, flush=True)
+        interrupt(self, event)
+
+    monkeypatch.setattr(HighsAdapter, "_interrupt", loud)
+    w, b = random_net(np.random.default_rng(3), [5, 12, 10, 2], bias_shift=-0.2)
+    options = StabilityOptions.paper(solver="highs")
+    find_stable_neurons(ReLUNetwork(w, b), Box.uniform(5), options=options)
+    assert "said during the solve" in capfd.readouterr().err

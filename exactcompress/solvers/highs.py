@@ -108,7 +108,10 @@ class HighsAdapter(SolverAdapter):
             load_solutions=False,
             raise_exception_on_nonoptimal_result=False,
             solver_options=opts,
-            tee=[sys.stderr] if self.verbose else [],
+            # Pyomo captures fds 1 and 2 during the solve: without a tee, the exact
+            # stage's heartbeat lines (another thread) would vanish until it ends; HiGHS
+            # itself stays quiet through output_flag unless verbose
+            tee=[sys.stderr],
         )
         highs = pyomo_internals.solver_model(self._opt)
         status = highs_status(highs.getModelStatus(), self._stopped)
