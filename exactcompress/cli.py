@@ -215,24 +215,46 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
 def cmd_compress(args: argparse.Namespace) -> int:
     from .api import compress
-    from .io import load_network, make_dir
+    from .io import load_model_file, make_dir
 
-    net = load_network(args.model)
+    net, source = load_model_file(args.model)
     box = Box.parse(args.domain, net.widths[0])
     box.check_dim(net.widths[0])
     data = load_data(args.data, args.data_dir, net.widths[0])
     make_dir(args.output)  # before the work, not after it
+    if args.onnx:
+        from .onnx_io import require_onnx
+
+        require_onnx("--onnx")
     result = compress(net, box, data, options_from(args), say)
+    written = "stability.json, compressed.pt, report.md"
+    if args.onnx:
+        result.verification = write_onnx(result, box, data, source, args.output)
+        written += ", compressed.onnx"
     result.save(args.output, str(args.model))
     print_counts(result.report)
     print(result.summary.to_markdown())
     print(result.verification.summary())
-    say(f"wrote {args.output}/stability.json, compressed.pt, report.md")
+    say(f"wrote {args.output}/{written}")
     if not result.verification.ok:
         raise ExactCompressError(
             "verification failed: the compressed network differs; please report"
         )
     return 0 if not result.report.interrupted else 130
+
+
+def write_onnx(result, box: Box, data: np.ndarray | None, source: dict, outdir: str):
+    """OUTDIR/compressed.onnx (float64; an ONNX model's input and output names and
+    shape), and the verification again with it run in onnxruntime as a second engine."""
+    from .onnx_io import save_onnx
+    from .verify import verify, witness_points
+
+    path = os.path.join(outdir, "compressed.onnx")
+    save_onnx(path, result.compressed, source)
+    witnesses = witness_points(result.report)
+    return verify(
+        result.original, result.compressed, box, data, witnesses=witnesses, onnx_model=path
+    )
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -374,6 +396,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compress", help="stability + prune + verify into OUTDIR")
     add_stability_options(p)
     p.add_argument("-o", "--output", required=True, help="output folder")
+    p.add_argument(
+        "--onnx",
+        action="store_true",
+        help="also write OUTDIR/compressed.onnx (float64) and verify it in onnxruntime",
+    )
 
     p = sub.add_parser("evaluate", help="test accuracy of a model")
     p.add_argument("model")

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .capture import capture
 from .errors import ExactCompressError
 from .network import ReLUNetwork
 
@@ -128,6 +129,8 @@ def _plain(value: Any, where: str) -> Any:
 
 def load_network(source: nn.Module | Mapping | str | os.PathLike) -> ReLUNetwork:
     """A ReLUNetwork from a torch module, a state dict or a file of any supported format."""
+    if isinstance(source, nn.Module) and not type(source).__module__.startswith("torch.nn"):
+        return capture(source)  # a user's own module: trace its forward
     if isinstance(source, nn.Module):
         return _from_module(source)
     if isinstance(source, Mapping):
@@ -145,6 +148,10 @@ def load_model_file(path: str | os.PathLike) -> tuple[ReLUNetwork, dict]:
     if path.is_dir():
         raise ExactCompressError(f"model file {path} is a directory")
     try:
+        if path.suffix.lower() == ".onnx":
+            from .onnx_io import load_onnx
+
+            return load_onnx(path)
         if _is_weights_dat(path):
             return _read_weights_dat(path), {}
         return _from_object(_torch_load(path))

@@ -11,6 +11,7 @@ point lies in the region where the mislabelled neuron is on its other side.
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -51,6 +52,10 @@ class VerifyResult:
     worst_compressed: float = 0.0
     points_by_source: dict[str, int] = field(default_factory=dict)
     n_witness_outside: int = 0
+    #: with ``onnx_model``: the same comparison of the original with the ONNX model
+    #: run by onnxruntime, a second engine independent of the package's forward pass
+    onnx_max_abs: float | None = None
+    onnx_max_ratio: float | None = None
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -63,13 +68,19 @@ class VerifyResult:
             outside += f", {self.n_witness_outside} witnesses outside the box skipped"
         sources = ", ".join(f"{n} {k}" for k, n in self.points_by_source.items())
         sources = sources or f"{self.n_data} data"
+        engine = ""
+        if self.onnx_max_abs is not None:
+            engine = (
+                f"; onnxruntime on the ONNX model: max abs diff {self.onnx_max_abs:.3g}, "
+                f"{self.onnx_max_ratio:.3g} of the tolerance"
+            )
         return (
             f"verify: {verdict} on {self.n_points} points ({sources}{outside}): "
             f"max abs diff {self.max_abs:.3g}, max rel diff {self.max_rel:.3g}; "
             f"worst at a {self.worst_source} point, output {self.worst_output}: "
             f"{self.worst_original:.17g} vs {self.worst_compressed:.17g}, "
             f"{self.max_ratio:.3g} of the tolerance |a - b| <= atol + {self.rtol:g} |a| "
-            f"(atol up to {self.atol:.3g})"
+            f"(atol up to {self.atol:.3g}){engine}"
         )
 
 
@@ -93,6 +104,7 @@ def verify(
     rtol: float = RTOL,
     atol: float | None = None,
     witnesses: np.ndarray | None = None,
+    onnx_model: str | os.PathLike | bytes | None = None,
 ) -> VerifyResult:
     """Compare the two networks point by point on the domain.
 
@@ -102,7 +114,9 @@ def verify(
     counted, not used: the networks need only agree on the domain. ``atol`` defaults,
     per output, to ``rtol`` times the largest |original value| of that output over all
     points: values near zero are judged at the scale of their output, and a small
-    output is not judged at the scale of a large one next to it.
+    output is not judged at the scale of a large one next to it. ``onnx_model`` (a
+    path or bytes, e.g. compressed.onnx) is run in onnxruntime on the same points and
+    judged by the same tolerance; ``ok`` then needs both engines to agree.
     """
     _check_shapes(original, compressed, box)
     rng = np.random.default_rng(seed)
@@ -124,6 +138,7 @@ def verify(
     worst = _Worst()
     for name, (a, b) in outputs.items():
         worst.update(name, groups[name], a, b, atol, rtol)
+    engine = _onnx_worst(onnx_model, groups, outputs, atol, rtol)
     return VerifyResult(
         max_abs=worst.max_abs,
         max_rel=float(worst.max_abs / max(1e-12, max_out)),
@@ -132,7 +147,7 @@ def verify(
         n_data_outside=n_outside,
         worst_source=worst.source,
         rtol=rtol,
-        ok=bool(worst.ratio <= 1.0),
+        ok=bool(worst.ratio <= 1.0 and (engine is None or engine.ratio <= 1.0)),
         atol=float(atol.max(initial=0.0)),
         max_ratio=worst.ratio,
         worst_point=worst.point,
@@ -141,7 +156,32 @@ def verify(
         worst_compressed=worst.b,
         points_by_source={k: len(v) for k, v in groups.items() if len(v)},
         n_witness_outside=n_wit_outside,
+        onnx_max_abs=None if engine is None else engine.max_abs,
+        onnx_max_ratio=None if engine is None else engine.ratio,
     )
+
+
+def _onnx_worst(
+    model: str | os.PathLike | bytes | None,
+    groups: dict[str, np.ndarray],
+    outputs: dict[str, tuple[np.ndarray, np.ndarray]],
+    atol: np.ndarray,
+    rtol: float,
+) -> _Worst | None:
+    """The original's outputs against ``model`` run by onnxruntime, point by point."""
+    if model is None:
+        return None
+    from .onnx_io import onnx_runner
+
+    run, worst = onnx_runner(model), _Worst()
+    for name, (a, _) in outputs.items():
+        if not len(a):
+            continue
+        c = run(groups[name])
+        if c.shape != a.shape:
+            raise ExactCompressError(f"the ONNX model gives {c.shape[1]} outputs, not {a.shape[1]}")
+        worst.update(name, groups[name], a, c, atol, rtol)
+    return worst
 
 
 @dataclass

@@ -10,9 +10,9 @@ the counterexample: ``Y_j >= margin`` for a candidate for stably inactive, ``Y_j
 proves g_j < margin (or > -margin) on the whole box. ``instances.csv`` lists them in
 VNN-COMP's format (onnx, vnnlib, timeout).
 
-The ONNX graph is built with the ``onnx`` package (extra ``exactcompress[onnx]``) from
-MatMul, Add and Relu nodes only, in float64, so that it matches the package's forward
-pass to rounding.
+The ONNX graph is built by ``onnx_io.network_model`` with the ``onnx`` package (extra
+``exactcompress[onnx]``) from MatMul, Add and Relu nodes only, in float64, so that it
+matches the package's forward pass to rounding.
 """
 
 from __future__ import annotations
@@ -24,59 +24,19 @@ from dataclasses import dataclass
 import numpy as np
 
 from .domain import Box
-from .errors import ExactCompressError
 from .io import make_dir, write_atomic
 from .network import ReLUNetwork
+from .onnx_io import network_model
 
 #: the output condition's distance from 0, as the MILP's flip margin
 MARGIN = 1e-5
-#: ONNX opset and IR version: old enough for the VNN-COMP tools' runtimes
-OPSET, IR_VERSION = 13, 8
-
-
-def _onnx():
-    try:
-        import onnx
-    except ImportError:
-        raise ExactCompressError(
-            "--export-vnnlib needs the onnx package: pip install 'exactcompress[onnx]'"
-        ) from None
-    return onnx
 
 
 def layer_model(net: ReLUNetwork, layer: int):
-    """ONNX model of x -> pre-activations of hidden ``layer`` (from 0), in float64."""
-    onnx = _onnx()
-    from onnx import TensorProto, helper, numpy_helper
-
-    nodes, inits, prev = [], [], "X"
-    for k in range(layer + 1):
-        w, b = net.weights[k], net.biases[k]
-        inits += [
-            numpy_helper.from_array(np.ascontiguousarray(w.T), f"W{k}"),
-            numpy_helper.from_array(b.copy(), f"B{k}"),
-        ]
-        out = "Y" if k == layer else f"G{k}"
-        nodes += [
-            helper.make_node("MatMul", [prev, f"W{k}"], [f"M{k}"]),
-            helper.make_node("Add", [f"M{k}", f"B{k}"], [out]),
-        ]
-        if k < layer:
-            nodes.append(helper.make_node("Relu", [out], [f"H{k}"]))
-            prev = f"H{k}"
-    graph = helper.make_graph(
-        nodes,
-        f"exactcompress_layer{layer + 1}",
-        [helper.make_tensor_value_info("X", TensorProto.DOUBLE, [1, net.widths[0]])],
-        [helper.make_tensor_value_info("Y", TensorProto.DOUBLE, [1, net.hidden_widths[layer]])],
-        inits,
-    )
-    model = helper.make_model(
-        graph, producer_name="exactcompress", opset_imports=[helper.make_opsetid("", OPSET)]
-    )
-    model.ir_version = IR_VERSION
-    onnx.checker.check_model(model)
-    return model
+    """ONNX model of x -> pre-activations of hidden ``layer`` (from 0), in float64, with
+    the fixed input shape (1, n0) that VNN-COMP tools expect."""
+    upto = ReLUNetwork(net.weights[: layer + 1], net.biases[: layer + 1])
+    return network_model(upto, [1, net.widths[0]], graph_name=f"exactcompress_layer{layer + 1}")
 
 
 def property_text(
