@@ -11,12 +11,13 @@ that disagree mean a bug, and the report says so before anything else.
 from __future__ import annotations
 
 import csv
+import io
 import itertools
 import os
 import platform
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
@@ -24,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 import formulations as formulation_registry
+from exactcompress.distributed import cluster, require_distributed, wanted
 from exactcompress.domain import Box
 from exactcompress.errors import ExactCompressError
 from exactcompress.prune import compress as prune
@@ -190,13 +192,16 @@ def upgrade_csv(path: Path) -> None:
 
 
 def append_row(path: Path, row: dict) -> None:
-    """One row, flushed to disk before the next run starts."""
+    """One row, written by one call and flushed to disk before the next run starts, so
+    that an interrupted sweep leaves whole rows only."""
     new = not path.is_file() or path.stat().st_size == 0
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=FIELDS)
+    if new:
+        writer.writeheader()
+    writer.writerow({k: row.get(k, "") for k in FIELDS})
     with open(path, "a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=FIELDS)
-        if new:
-            writer.writeheader()
-        writer.writerow({k: row.get(k, "") for k in FIELDS})
+        f.write(text.getvalue())
         f.flush()
         os.fsync(f.fileno())
 
@@ -381,9 +386,14 @@ def sweep(
     data_dir: str | None = None,
     plots: bool = True,
     verbose: bool = False,
-    stream=sys.stderr,
+    stream=None,
+    workers: int = 1,
+    scheduler: str | None = None,
 ) -> SweepOutcome:
-    """Run every missing (model, config, formulation, solver), then write the report."""
+    """Run every missing (model, config, formulation, solver), then write the report.
+    ``workers`` > 1 or ``scheduler``: each run is a task on a Dask cluster."""
+    if wanted(workers, scheduler):
+        require_distributed()  # a one-line error before any work
     for kind, names, known in (
         ("config", configs, CONFIGS),
         ("formulation", formulations, formulation_registry.FORMULATIONS),
@@ -407,30 +417,22 @@ def sweep(
         for c, f, s in itertools.product(configs, formulations, solvers)
     ]
     todo = [(m, k) for m, k in plan if k not in done]
-    bar = ProgressBar(len(plan), len(plan) - len(todo), stream)
+    # sys.stderr when called, not when imported (a test may have swapped it since)
+    bar = ProgressBar(len(plan), len(plan) - len(todo), stream or sys.stderr)
     if len(todo) < len(plan):
         bar.say(f"resuming: {len(plan) - len(todo)} of {len(plan)} runs already in {csv_path}")
     ran, interrupted = 0, False
     try:
-        for model, pairs in itertools.groupby(todo, key=lambda mk: mk[0]):
-            keys = [k for _, k in pairs]
-            bar.show(f"{model.name}: loading")
-            try:
-                lm = load(model, cache_dir, data_dir, bar.say)
-            except ExactCompressError as err:
+        if todo and wanted(workers, scheduler):
+            with cluster(workers, scheduler, bar.say) as client:
+                ran = _run_on_cluster(client, todo, csv_path, bar, time_limit, cache_dir, data_dir)
+        else:
+            for lm, keys in _loaded(todo, csv_path, bar, cache_dir, data_dir):
                 for key in keys:
-                    append_row(csv_path, {**asdict(key), "status": f"error: {err}"})
-                    bar.advance()
-                bar.say(f"{model.name}: {err}")
-                continue
-            for key in keys:
-                bar.show(f"{model.name} {key.label}")
-                row = run_one(lm, key, time_limit, bar.say if verbose else None)
-                append_row(csv_path, row)
-                ran += 1
-                if row["status"] != "ok":
-                    bar.say(f"{model.name} {key.label}: {row['status']}")
-                bar.advance()
+                    bar.show(f"{lm.model.name} {key.label}")
+                    row = run_one(lm, key, time_limit, bar.say if verbose else None)
+                    _write(csv_path, row, bar)
+                    ran += 1
     except KeyboardInterrupt:
         interrupted = True
         bar.say("interrupted: finished runs are saved; run the same command again to resume")
@@ -439,6 +441,81 @@ def sweep(
     rows = read_rows(csv_path)
     report_path, problems = write_report(rows, out, plots, time_limit)
     return SweepOutcome(rows, ran, interrupted, problems, csv_path, report_path)
+
+
+def _loaded(
+    todo: list[tuple[BenchModel, RunKey]],
+    csv_path: Path,
+    bar: ProgressBar,
+    cache_dir: str | os.PathLike,
+    data_dir: str | None,
+) -> Iterator[tuple[LoadedModel, list[RunKey]]]:
+    """Each model of ``todo`` loaded (trained on demand), with its runs; a model that
+    cannot be loaded gets an error row for each of its runs instead."""
+    for model, pairs in itertools.groupby(todo, key=lambda mk: mk[0]):
+        keys = [k for _, k in pairs]
+        bar.show(f"{model.name}: loading")
+        try:
+            lm = load(model, cache_dir, data_dir, bar.say)
+        except ExactCompressError as err:
+            for key in keys:
+                append_row(csv_path, {**asdict(key), "status": f"error: {err}"})
+                bar.advance()
+            bar.say(f"{model.name}: {err}")
+            continue
+        yield lm, keys
+
+
+def _write(csv_path: Path, row: dict, bar: ProgressBar) -> None:
+    append_row(csv_path, row)
+    if row["status"] != "ok":
+        bar.say(f"{row['model']} {RunKey.of(row).label}: {row['status']}")
+    bar.advance()
+
+
+def _run_on_cluster(
+    client,
+    todo: list[tuple[BenchModel, RunKey]],
+    csv_path: Path,
+    bar: ProgressBar,
+    time_limit: float | None,
+    cache_dir: str | os.PathLike,
+    data_dir: str | None,
+) -> int:
+    """One task per run, each alone in a worker process with its own time limit. The
+    client loads (trains) each model once, scatters it, and alone writes the rows, as
+    the runs finish, while it loads the next model; returns how many rows it wrote."""
+    from distributed import as_completed
+
+    finished = as_completed()
+    keys_of: dict = {}
+    ran = 0
+    try:
+        for lm, keys in _loaded(todo, csv_path, bar, cache_dir, data_dir):
+            shared = client.scatter(lm, hash=False)
+            for key in keys:
+                fut = client.submit(run_one, shared, key, time_limit, None, pure=False)
+                keys_of[fut] = key
+                finished.add(fut)
+            bar.show(f"{lm.model.name}: {len(keys)} runs submitted")
+            for fut in finished.next_batch(block=False) if finished.has_ready() else []:
+                _write(csv_path, _cluster_row(fut, keys_of.pop(fut)), bar)
+                ran += 1
+        for fut in finished:
+            _write(csv_path, _cluster_row(fut, keys_of.pop(fut)), bar)
+            ran += 1
+    finally:
+        client.cancel(list(keys_of))
+    return ran
+
+
+def _cluster_row(fut, key: RunKey) -> dict:
+    """The run's row, or an error row (retried on resume) when its task failed or its
+    worker was lost."""
+    try:
+        return fut.result()
+    except Exception as err:  # a sweep records a failing run and goes on
+        return {**asdict(key), "status": _failure(err)}
 
 
 # ---- the report ------------------------------------------------------------------

@@ -49,6 +49,13 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {text}")
+    return value
+
+
 def add_bench_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "bench",
@@ -109,6 +116,20 @@ def add_bench_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
         help="trained suite networks are kept here",
     )
     p.add_argument("--data-dir", default=None, help="folder holding MNIST/CIFAR files")
+    p.add_argument(
+        "--workers",
+        type=_count,
+        default=1,
+        metavar="N",
+        help="run the sweep's runs side by side on a local Dask cluster of N worker processes, "
+        "one run per process (default 1: one after another here; needs exactcompress[dist])",
+    )
+    p.add_argument(
+        "--scheduler",
+        default=None,
+        metavar="ADDRESS",
+        help="run them on the workers of a running Dask scheduler (tcp://host:8786)",
+    )
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--verbose", action="store_true", help="show each run's stage log")
     return p
@@ -144,6 +165,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         data_dir=args.data_dir,
         plots=not args.no_plots,
         verbose=args.verbose,
+        workers=args.workers,
+        scheduler=args.scheduler,
     )
     for problem in result.problems:
         print(f"exactcompress bench: {problem}", file=sys.stderr)

@@ -88,6 +88,20 @@ def add_stability_options(p: argparse.ArgumentParser) -> None:
         help="candidates proved side by side by branch and bound (default 1)",
     )
     p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="run the exact stage's candidates as tasks on a local Dask cluster of N worker "
+        "processes (default 1: in this process; needs exactcompress[dist])",
+    )
+    p.add_argument(
+        "--scheduler",
+        default=None,
+        metavar="ADDRESS",
+        help="run them on the workers of a running Dask scheduler (tcp://host:8786)",
+    )
+    p.add_argument(
         "--certify",
         action="store_true",
         default=None,

@@ -16,12 +16,13 @@ import numpy as np
 import formulations
 
 from . import refute
-from .bab import SOUND, certify_solver_proofs, run_bab
+from .bab import SOUND, certify_solver_proofs
 from .bounds import METHODS, LayerBounds, compute_bounds, decide_from_bounds
+from .distributed import SERIAL, Executor, executor_for
 from .domain import Box
 from .errors import ExactCompressError
 from .evidence import NeuronEvidence
-from .exact import check_choice, open_candidates, run_exact_stage
+from .exact import check_choice, open_candidates
 from .network import ReLUNetwork
 from .report import StabilityReport
 from .solvers import solver_factory
@@ -65,6 +66,8 @@ class StabilityOptions:
     device: str | None = None
     threads: int | None = None
     jobs: int = 1
+    workers: int = 1  # > 1: a local Dask cluster runs the exact stage's tasks
+    scheduler: str | None = None  # address of a running Dask scheduler to use instead
     certify: bool = False
     verbose: bool = False
 
@@ -83,6 +86,8 @@ class StabilityOptions:
             )
         if self.jobs < 1:
             raise ExactCompressError(f"jobs must be >= 1, got {self.jobs}")
+        if self.workers < 1:
+            raise ExactCompressError(f"workers must be >= 1, got {self.workers}")
         if self.tighten not in TIGHTEN:
             raise ExactCompressError(
                 f"unknown tightening {self.tighten!r}; choose one of {', '.join(TIGHTEN)}"
@@ -129,6 +134,7 @@ def find_stable_neurons(
         say=say,
         spec=spec,
         open_solver=solver_factory(options.solver, options.verbose, options.threads, say),
+        executor=executor_for(options, say),
     )
     seconds = dict.fromkeys(STAGE_NAMES, 0.0)
     interrupted = False
@@ -141,6 +147,8 @@ def find_stable_neurons(
     except KeyboardInterrupt:
         interrupted = True
         say("interrupted: keeping what was decided so far")
+    finally:
+        ctx.executor.close()
     seconds["total"] = time.monotonic() - start
     states = ctx.evidence.states()
     for cand in ctx.candidates:
@@ -164,6 +172,8 @@ class Context:
     say: Progress
     spec: formulations.FormulationSpec
     open_solver: Callable
+    #: runs the exact stage's provers: in this process, or on a Dask cluster (--workers)
+    executor: Executor = SERIAL
     bounds: LayerBounds | None = None
     candidates: list[dict] = field(default_factory=list)
     stats: dict[str, dict] = field(default_factory=dict)
@@ -238,7 +248,7 @@ def _bab_stage(ctx: Context) -> None:
         return
     alone = options.prover == "bab"
     budget = float("inf") if alone else _bab_budget(ctx.deadline, len(cands))
-    stats = run_bab(
+    stats = ctx.executor.run_bab(
         ctx.evidence,
         ctx.bounds,
         cands,
@@ -262,7 +272,7 @@ def _milp_stage(ctx: Context) -> None:
         # stop as soon as its sign is settled, beats one count-maximising model on HiGHS
         spec = formulations.get("neuron")
         ctx.say("  auto: the candidates left go to one MILP each (neuron formulation)")
-    ctx.stats["milp"] = run_exact_stage(
+    ctx.stats["milp"] = ctx.executor.run_exact_stage(
         ctx.evidence,
         spec,
         ctx.bounds,

@@ -150,7 +150,7 @@ def test_ctrl_c_in_the_milp_keeps_what_was_decided(tmp_path, monkeypatch, capsys
     def interrupt(evidence, *args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(stability, "run_exact_stage", interrupt)
+    monkeypatch.setattr(stability.SERIAL, "run_exact_stage", interrupt)
     rng = np.random.default_rng(3)
     w, b = random_net(rng, [5, 16, 16, 3], bias_shift=-0.3)
     model = tmp_path / "m.pt"
