@@ -194,8 +194,10 @@ def _evaluate(graph: fx.GraphModule, node: fx.Node, values: dict[str, Any]) -> A
         if any(isinstance(v, Chain) for v in values.values()):
             raise ExactCompressError(f"takes a second input {node.target!r}")
         return Chain(None)
-    if node.op == "call_module":
+    if node.op == "call_module" and isinstance(args[0] if args else None, Chain):
         return _call_module(graph.get_submodule(node.target), node.target, args)
+    if node.op == "call_module":
+        raise ExactCompressError(f"calls {node.target} on a value not computed from the input")
     if node.op == "call_function":
         name = getattr(node.target, "__name__", str(node.target))
         handler = _FUNCTIONS.get(node.target)
@@ -209,7 +211,10 @@ def _evaluate(graph: fx.GraphModule, node: fx.Node, values: dict[str, Any]) -> A
     first = args[0] if args else None
     if handler is None or not (isinstance(first, Chain) or handler in _ON_SIZES):
         raise ExactCompressError(f"unsupported operation {name}; only {SUPPORTED} are supported")
-    return handler(*args, **kwargs)
+    try:
+        return handler(*args, **kwargs)
+    except (TypeError, IndexError) as err:  # arguments the handler does not take
+        raise ExactCompressError(f"cannot read the call of {name} ({err})") from None
 
 
 def _call_module(sub: nn.Module, target: str, args: tuple) -> Chain:

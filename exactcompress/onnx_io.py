@@ -117,6 +117,10 @@ def read_model(model) -> tuple[ReLUNetwork, dict]:
             results = handler([values[n] if n else None for n in node.input], attrs)
         except ExactCompressError as err:
             raise ExactCompressError(f"{where}: {err}") from None
+        except (ValueError, IndexError, KeyError, TypeError) as err:  # a malformed node
+            raise ExactCompressError(
+                f"{where}: cannot read it ({type(err).__name__}: {err})"
+            ) from None
         values.update((name, v) for name, v in zip(node.output, results) if name)
     result = values.get(output)
     if not isinstance(result, Chain):
