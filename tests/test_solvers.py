@@ -282,21 +282,25 @@ def test_time_limit_leaves_undecided_neurons_that_pruning_keeps(solver) -> None:
     assert verify(net, small, box, n_samples=2000).ok
 
 
-def test_lines_printed_while_highs_solves_reach_stderr(capfd, monkeypatch) -> None:
-    """Pyomo captures fds 1 and 2 around HiGHS' solve: the exact stage's heartbeat
-    (another thread, printing to stderr) must still reach the person watching."""
+@pytest.mark.parametrize("solver", ["highs", pytest.param("gurobi", marks=GUROBI)])
+def test_lines_printed_while_the_solver_runs_reach_stderr(capfd, monkeypatch, solver) -> None:
+    """Pyomo captures the output around a solve (HiGHS: fds 1 and 2; Gurobi:
+    sys.stderr): the exact stage's heartbeat, printed by another thread to stderr,
+    must still reach the person watching."""
     import sys
 
+    from exactcompress.solvers.gurobi import GurobiAdapter
     from exactcompress.solvers.highs import HighsAdapter
 
-    interrupt = HighsAdapter._interrupt
+    cls, name = (HighsAdapter, "_interrupt") if solver == "highs" else (GurobiAdapter, "_callback")
+    callback = getattr(cls, name)
 
-    def loud(self, event) -> None:
+    def loud(self, *args) -> None:
         print("said during the solve", file=sys.stderr, flush=True)
-        interrupt(self, event)
+        callback(self, *args)
 
-    monkeypatch.setattr(HighsAdapter, "_interrupt", loud)
+    monkeypatch.setattr(cls, name, loud)
     w, b = random_net(np.random.default_rng(3), [5, 12, 10, 2], bias_shift=-0.2)
-    options = StabilityOptions.paper(solver="highs")
+    options = StabilityOptions.paper(solver=solver)
     find_stable_neurons(ReLUNetwork(w, b), Box.uniform(5), options=options)
     assert "said during the solve" in capfd.readouterr().err

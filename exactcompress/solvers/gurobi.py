@@ -95,6 +95,8 @@ class GurobiAdapter(SolverAdapter):
         try:
             if self._ctrl_c:
                 self._grb.terminate()
+            elif where == cb.MIP:  # the heartbeat's "solver bound"
+                self.live_bound = float(self._grb.cbGet(cb.MIP_OBJBND))
             elif where == cb.MIPSOL:
                 self._new_solution()
             elif where == cb.MIPNODE:
@@ -174,7 +176,9 @@ class GurobiAdapter(SolverAdapter):
                 load_solutions=False,
                 raise_exception_on_nonoptimal_result=False,
                 solver_options=opts,
-                tee=[sys.stderr] if self.verbose else [],
+                # Pyomo swaps sys.stderr for a tee during the solve: without one, the
+                # exact stage's heartbeat lines would vanish (OutputFlag keeps Gurobi quiet)
+                tee=[sys.stderr],
             )
         except self._gp.GurobiError as err:
             if err.errno == GRB.Error.SIZE_LIMIT_EXCEEDED:
