@@ -11,9 +11,11 @@ from __future__ import annotations
 import csv
 import logging
 import os
+import signal
 import sys
 import threading
 import time
+import types
 
 import cloudpickle
 import numpy as np
@@ -145,15 +147,14 @@ def _slow_bab_task(shared, snap, job, settings):
 
 
 def _kill_a_busy_worker(address: str, done: threading.Event) -> None:
+    """SIGKILL the process of the first worker seen running a task."""
     with Client(address) as client:
+        pids = client.run(os.getpid)
         while not done.is_set():
-            busy = [w for w, keys in client.processing().items() if keys]
+            busy = [w for w, keys in client.processing().items() if keys and w in pids]
             if busy:
                 time.sleep(0.3)
-                try:
-                    client.run(os._exit, 1, workers=busy[:1])
-                except Exception:  # the worker dies before it can answer
-                    pass
+                os.kill(pids[busy[0]], signal.SIGKILL)
                 return
             time.sleep(0.05)
 
@@ -182,6 +183,25 @@ def test_a_worker_lost_mid_task_proves_nothing(address, monkeypatch):
         )
     for x, y in zip(serial.states, spread.states, strict=True):
         assert ((y == x) | (y == UNDECIDED)).all()
+
+
+def test_time_limit_and_ctrl_c_on_the_cluster(address, monkeypatch):
+    """Past the time limit a candidate is undecided ('time limit'), and Ctrl-C while the
+    client waits keeps what was merged and returns an interrupted report, as in process."""
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    monkeypatch.setitem(dist_exec.TASKS, "bab", _slow_bab_task)
+    net, box = _net(7, (4, 12, 12, 8, 2))
+    limited = _options("bab", "network", scheduler=address, time_limit=1.5)
+    report = find_stable_neurons(net, box, None, limited)
+    assert not report.complete and any("time limit" in n for n in report.notes)
+
+    def ctrl_c(_seconds: float) -> None:
+        raise KeyboardInterrupt
+
+    clock = types.SimpleNamespace(monotonic=time.monotonic, time=time.time, sleep=ctrl_c)
+    monkeypatch.setattr(dist_exec, "time", clock)
+    report = find_stable_neurons(net, box, None, _options("bab", "network", scheduler=address))
+    assert report.interrupted and not report.complete
 
 
 def test_workers_1_needs_no_dask(monkeypatch):
