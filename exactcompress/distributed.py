@@ -68,6 +68,8 @@ Candidate = tuple[int, int, str]
 INSTALL = "pip install 'exactcompress[dist]'"
 #: seconds past the time limit before a task still running is abandoned (undecided)
 GRACE = 10.0
+#: seconds to wait for --scheduler to answer
+CONNECT_TIMEOUT = 10
 #: seconds between two looks at the running tasks, and between two progress lines
 POLL, PROGRESS_EVERY = 0.05, 5.0
 #: the evidence a task needs, copied into each round's snapshot
@@ -98,7 +100,7 @@ def cluster(workers: int, scheduler: str | None, say: Progress) -> Iterator[Clie
     dist = require_distributed()
     with ExitStack() as stack:
         if scheduler:
-            client = stack.enter_context(dist.Client(scheduler))
+            client = stack.enter_context(_connect(dist, scheduler))
             where = f"scheduler {scheduler}"
         else:
             local = dist.LocalCluster(
@@ -114,6 +116,16 @@ def cluster(workers: int, scheduler: str | None, say: Progress) -> Iterator[Clie
             where = f"local cluster of {workers} processes"
         say(f"dask: {where}, {len(client.nthreads())} workers, {_dashboard(client, scheduler)}")
         yield client
+
+
+def _connect(dist: ModuleType, scheduler: str) -> Client:
+    """A client of a running scheduler; one that cannot be reached is a one-line error."""
+    try:
+        return dist.Client(scheduler, timeout=CONNECT_TIMEOUT)
+    except (OSError, TimeoutError, ValueError) as err:
+        raise ExactCompressError(
+            f"cannot reach the Dask scheduler at {scheduler}: {' '.join(str(err).split())}"
+        ) from None
 
 
 def _dashboard(client: Client, scheduler: str | None) -> str:
@@ -141,7 +153,10 @@ def executor_for(options: StabilityOptions, say: Progress) -> Executor:
     if not wanted(options.workers, options.scheduler):
         return SERIAL
     require_distributed()
-    return DaskExecutor(options, say)
+    executor = DaskExecutor(options, say)
+    if options.scheduler:
+        executor.start()  # a wrong address fails now, not after the cheap stages
+    return executor
 
 
 # ---- what travels to a task and back ------------------------------------------------
@@ -370,6 +385,10 @@ class DaskExecutor:
 
     @property
     def client(self) -> Client:
+        return self.start()
+
+    def start(self) -> Client:
+        """Start the local cluster, or connect to the scheduler, unless done already."""
         if self._client is None:
             self._client = self._stack.enter_context(
                 cluster(self.options.workers, self.options.scheduler, self.say)

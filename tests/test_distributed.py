@@ -9,6 +9,7 @@ rows a serial one writes. Without dask.distributed, --workers is a one-line erro
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import os
 import signal
@@ -94,6 +95,17 @@ def test_cluster_gives_the_serial_states(address, prover, formulation):
         _same_states(serial, spread)
         assert spread.complete == serial.complete
         assert spread.extra["options"]["scheduler"] == address
+
+
+def test_cli_scheduler_option_reaches_the_report(address, tmp_path):
+    net, _ = _net(7, (4, 12, 12, 8, 2))
+    model, js = tmp_path / "m.pt", tmp_path / "s.json"
+    save_model(model, net, {})
+    argv = ["stability", str(model), "--prover", "bab", "--samples", "0"]
+    argv += ["--no-witness-search", "--scheduler", address, "--json", str(js)]
+    assert main(argv) == 0
+    options = json.loads(js.read_text())["options"]
+    assert options["scheduler"] == address and options["workers"] == 1
 
 
 def test_witnesses_refute_queued_candidates():
