@@ -18,13 +18,13 @@ import threading
 import time
 import types
 
-import cloudpickle
 import numpy as np
 import pytest
 from oracle import random_net
 
 pytest.importorskip("distributed")
 
+import cloudpickle  # noqa: E402
 import dask  # noqa: E402
 from distributed import Client, LocalCluster  # noqa: E402
 
