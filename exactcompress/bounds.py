@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import torch
@@ -137,6 +138,10 @@ class _BackSubstitution:
 
     def __init__(self, net: ReLUNetwork, box: Box, dev: torch.device, start: LayerBounds):
         self.params = net.tensors(dev)
+        self.dense = net.is_dense
+        #: target neurons per chunk of a network with sparse layers: their dense
+        #: coefficients (chunk x widest layer) stay near 2**25 numbers
+        self.chunk = max(1, min(ROW_CHUNK // 2, 2**24 // max(net.widths)))
         self.lo, self.hi = (torch.from_numpy(v).to(dev) for v in (box.lo, box.hi))
         self.lower = [torch.from_numpy(v).to(dev) for v in start.lower]
         self.upper = [torch.from_numpy(v).to(dev) for v in start.upper]
@@ -155,11 +160,40 @@ class _BackSubstitution:
     def box_mag(self) -> torch.Tensor:
         return torch.maximum(self.lo.abs(), self.hi.abs())
 
-    def target_rows(self, layer: int) -> torch.Tensor:
-        """[W_l b_l; -W_l -b_l]: upper bounds of these rows are upper and -lower bounds of g_l."""
+    def target_rows(self, layer: int, idx: torch.Tensor | None = None) -> torch.Tensor:
+        """[W_l b_l; -W_l -b_l]: upper bounds of these rows are upper and -lower bounds of g_l
+        (only the neurons ``idx`` when given; a sparse layer's rows made dense)."""
         w, b = self.params[layer]
+        if idx is not None:
+            w, b = w.index_select(0, idx), b[idx]
+        if w.is_sparse:
+            w = w.to_dense()
         rows = torch.cat([w, b[:, None]], dim=1)
         return torch.cat([rows, -rows])
+
+    def bound_targets(
+        self,
+        layer: int,
+        idx: torch.Tensor | None,
+        upper: Callable[[torch.Tensor], torch.Tensor],
+    ) -> torch.Tensor:
+        """``upper``(rows) over ``target_rows(layer, idx)``, chunk by chunk: the upper
+        bounds of the neurons ``idx`` (all when None), then of their negations. A network
+        with sparse layers makes rows dense only a small chunk of neurons at a time."""
+        if self.dense:
+            rows = self.target_rows(layer)
+            if idx is not None:
+                n = rows.shape[0] // 2
+                rows = torch.cat([rows[idx], rows[n + idx]])
+            return torch.cat([upper(c) for c in rows.split(ROW_CHUNK)])
+        if idx is None:
+            idx = torch.arange(self.params[layer][1].shape[0], device=self.lo.device)
+        ups, lows = [], []
+        for part in idx.split(self.chunk):
+            ub = upper(self.target_rows(layer, part))
+            ups.append(ub[: part.numel()])
+            lows.append(ub[part.numel() :])
+        return torch.cat(ups + lows)
 
     def upper_rows(
         self, rows: torch.Tensor, relax: list[_Relaxation], alphas: list[torch.Tensor] | None = None
@@ -211,8 +245,8 @@ def crown_bounds(
     with torch.no_grad():
         for layer in range(1, net.n_hidden):
             relax = state.relaxations(layer)
-            rows = state.target_rows(layer).split(ROW_CHUNK)
-            state.tighten(layer, torch.cat([state.upper_rows(c, relax) for c in rows]))
+            bound = partial(state.upper_rows, relax=relax)
+            state.tighten(layer, state.bound_targets(layer, None, bound))
     return state.result()
 
 
@@ -273,15 +307,14 @@ def alpha_crown_bounds(
     state = _BackSubstitution(net, box, dev, crown_bounds(net, box, dev))
     for layer in range(1, net.n_hidden):
         relax = state.relaxations(layer)
-        rows = state.target_rows(layer)
-        n = rows.shape[0] // 2
+        n = state.params[layer][1].shape[0]
         idx = torch.arange(n, device=dev)
         if only is not None:
             idx = torch.as_tensor(np.asarray(only[layer], dtype=np.int64), device=dev)
             if idx.numel() == 0:
                 continue
-            rows = torch.cat([rows[idx], rows[n + idx]])
-        best = torch.cat([_optimise(state, c, relax, steps, lr) for c in rows.split(ROW_CHUNK)])
+        optimise = partial(_optimise, state, relax=relax, steps=steps, lr=lr)
+        best = state.bound_targets(layer, None if only is None else idx, optimise)
         full = torch.full((2 * n,), torch.inf, dtype=best.dtype, device=dev)
         full[idx], full[n + idx] = best[: idx.numel()], best[idx.numel() :]
         state.tighten(layer, full)
@@ -395,15 +428,11 @@ class LayerwiseBounds:
         with torch.no_grad():
             relax = st.relaxations(layer)
             idx = torch.from_numpy(neurons).to(self.dev)
-            rows = st.target_rows(layer)
-            n = rows.shape[0] // 2
-            rows = torch.cat([rows[idx], rows[idx + n]])
-        chunks = rows.split(ROW_CHUNK)
         if alpha_steps:
-            ub = torch.cat([_optimise(st, c, relax, alpha_steps, lr) for c in chunks])
+            ub = st.bound_targets(layer, idx, lambda c: _optimise(st, c, relax, alpha_steps, lr))
         else:
             with torch.no_grad():
-                ub = torch.cat([st.upper_rows(c, relax) for c in chunks])
+                ub = st.bound_targets(layer, idx, partial(st.upper_rows, relax=relax))
         m = idx.numel()
         st.lower[layer][idx] = torch.maximum(st.lower[layer][idx], -ub[m:])
         st.upper[layer][idx] = torch.minimum(st.upper[layer][idx], ub[:m])

@@ -296,7 +296,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def parse_arch(spec: str) -> list[int]:
+def parse_arch(spec: str) -> list[int | str]:
+    if "conv" in spec:  # convolutions first: conv16-conv32/s2-100
+        from .train import parse_arch as parse_conv_arch
+
+        return parse_conv_arch(spec)
     try:
         arch = [int(v) for v in spec.replace("x", "-").split("-") if v]
     except ValueError:
@@ -384,7 +388,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a fully connected ReLU classifier with L1")
     p.add_argument("--dataset", default="digits")
-    p.add_argument("--arch", default="100-100", help="hidden widths, e.g. 100-100")
+    p.add_argument(
+        "--arch", default="100-100", help="hidden widths, e.g. 100-100, or conv16-conv32/s2-100"
+    )
     p.add_argument("--l1", type=float, default=0.0)
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--lr", type=float, default=0.01)

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import conv
 from .capture import capture
 from .errors import ExactCompressError
 from .network import ReLUNetwork
@@ -100,6 +101,8 @@ def save_model(path: str | os.PathLike, net: ReLUNetwork, meta: dict) -> None:
         "state_dict64": net.to_torch(torch.float64).state_dict(),
         "meta": _plain(meta, "meta"),
     }
+    if not net.is_dense:  # a state dict cannot say a layer's stride, padding or pooling
+        obj["conv_layers"] = _plain(conv.architecture(net), "conv_layers")
     save_torch_atomic(path, obj)
 
 
@@ -127,12 +130,18 @@ def _plain(value: Any, where: str) -> Any:
 # ---- loading -------------------------------------------------------------------
 
 
-def load_network(source: nn.Module | Mapping | str | os.PathLike) -> ReLUNetwork:
-    """A ReLUNetwork from a torch module, a state dict or a file of any supported format."""
+def load_network(
+    source: nn.Module | Mapping | str | os.PathLike, input_shape: tuple[int, int, int] | None = None
+) -> ReLUNetwork:
+    """A ReLUNetwork from a torch module, a state dict or a file of any supported format.
+
+    ``input_shape`` (C, H, W): the image shape of the flat input of a module with
+    convolutions that does not start with nn.Unflatten.
+    """
     if isinstance(source, nn.Module) and not type(source).__module__.startswith("torch.nn"):
         return capture(source)  # a user's own module: trace its forward
     if isinstance(source, nn.Module):
-        return _from_module(source)
+        return _from_module(source, input_shape)
     if isinstance(source, Mapping):
         return _from_object(source)[0]
     if isinstance(source, (str, os.PathLike)):
@@ -201,11 +210,32 @@ def _from_model_dict(obj: Mapping) -> tuple[ReLUNetwork, dict]:
         )
     if "state_dict" not in obj:
         raise ExactCompressError("model file has no state_dict")
+    if "conv_layers" in obj:
+        return _from_conv_model_dict(obj)
     net = _from_state_dict(obj["state_dict"])
     if "state_dict64" in obj:
         exact = _from_state_dict(obj["state_dict64"])
         _check_same_rounding(exact, net)
         net = exact
+    if "widths" in obj and list(obj["widths"]) != net.widths:
+        raise ExactCompressError(
+            f"model file says widths {list(obj['widths'])} but its weights give {net.widths}"
+        )
+    meta = obj.get("meta") or {}
+    if not isinstance(meta, Mapping):
+        raise ExactCompressError(f"model meta is a {type(meta).__name__}, not a dict")
+    return net, dict(meta)
+
+
+def _from_conv_model_dict(obj: Mapping) -> tuple[ReLUNetwork, dict]:
+    """A model file with convolutions: its architecture list rebuilds the layers."""
+    net = conv.network_from_state(obj["conv_layers"], obj.get("state_dict64", obj["state_dict"]))
+    rounded = conv.network_from_state(obj["conv_layers"], obj["state_dict"])
+    exact = net.to_torch(torch.float32).state_dict()
+    if any(not torch.equal(exact[k], v) for k, v in rounded.to_torch().state_dict().items()):
+        raise ExactCompressError(
+            "state_dict and state_dict64 hold different weights (was one edited?)"
+        )
     if "widths" in obj and list(obj["widths"]) != net.widths:
         raise ExactCompressError(
             f"model file says widths {list(obj['widths'])} but its weights give {net.widths}"
@@ -282,9 +312,13 @@ def _array(key: str, value: Any) -> np.ndarray:
     raise ExactCompressError(f"state dict entry {key!r} is a {type(value).__name__}, not a tensor")
 
 
-def _from_module(module: nn.Module) -> ReLUNetwork:
-    """Walk a (nested) Sequential and check it is Linear, ReLU, Linear, ..., Linear."""
+def _from_module(module: nn.Module, input_shape: tuple[int, int, int] | None = None) -> ReLUNetwork:
+    """Walk a (nested) Sequential and check it is Linear, ReLU, Linear, ..., Linear
+    (conv.py reads one with convolutions, pooling or batch norm)."""
     layers = list(_flatten(module))
+    if input_shape is not None or any(isinstance(m, conv.CONV_TYPES) for m in layers):
+        return conv.network_from_layers(layers, input_shape)
+    layers = [m for m in layers if not isinstance(m, nn.Flatten)]
     weights, biases = [], []
     previous = None
     for layer in layers:
@@ -316,9 +350,9 @@ def _flatten(module: nn.Module):
             yield from _flatten(child)
     elif isinstance(module, nn.DataParallel):
         yield from _flatten(module.module)
-    elif isinstance(module, (nn.Linear, nn.ReLU)):
+    elif isinstance(module, (nn.Linear, nn.ReLU, nn.Flatten, *conv.CONV_TYPES)):
         yield module
-    elif isinstance(module, (nn.Flatten, nn.Identity)):
+    elif isinstance(module, nn.Identity):
         return
     elif isinstance(module, nn.Dropout):
         if module.training and module.p > 0:
@@ -327,8 +361,9 @@ def _flatten(module: nn.Module):
             )
     else:
         raise ExactCompressError(
-            f"unsupported layer type {type(module).__name__}: only Linear and ReLU "
-            "(with Flatten, Dropout, Identity as no-ops) in nn.Sequential"
+            f"unsupported layer type {type(module).__name__}: only Linear, ReLU, Conv2d, "
+            "BatchNorm2d (eval), AvgPool2d, Flatten, Unflatten (Dropout, Identity as no-ops) "
+            "in nn.Sequential"
         )
 
 

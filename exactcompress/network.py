@@ -8,13 +8,18 @@ pre-activations.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 from torch import nn
 
 from .errors import ExactCompressError
+
+if TYPE_CHECKING:
+    from .conv import ConvSpec
 
 
 @dataclass
@@ -23,17 +28,23 @@ class ReLUNetwork:
 
     ``weights[l]`` has shape (n_{l+1}, n_l); hidden layers are 1..L-1 in the paper's
     numbering, i.e. ``weights[0..L-2]`` feed ReLUs and ``weights[-1]`` is the output.
+
+    A convolution layer (``convs[l]`` its ConvSpec, None for a dense layer; convolutions
+    come first) has a ``scipy.sparse.csr_matrix`` as ``weights[l]``, its neurons
+    numbered in the flattened C x H x W order of its output (see ``conv.py``).
     """
 
-    weights: list[np.ndarray]
+    weights: list
     biases: list[np.ndarray]
+    convs: list[ConvSpec | None] | None = field(default=None)
 
     def __post_init__(self) -> None:
         if not self.weights:
             raise ExactCompressError("network has no Linear layer")
         if len(self.weights) != len(self.biases):
             raise ExactCompressError("network has a different number of weights and biases")
-        self.weights = [np.ascontiguousarray(w, dtype=np.float64) for w in self.weights]
+        self.weights = [_as_float64(w) for w in self.weights]
+        self._check_convs()
         self.biases = [np.ascontiguousarray(b, dtype=np.float64).reshape(-1) for b in self.biases]
         for i, (w, b) in enumerate(zip(self.weights, self.biases)):
             if w.ndim != 2:
@@ -47,8 +58,35 @@ class ReLUNetwork:
                     f"layer {i}: expects {w.shape[1]} inputs but the layer before has "
                     f"{self.weights[i - 1].shape[0]} outputs"
                 )
-            if not (np.isfinite(w).all() and np.isfinite(b).all()):
+            if not (np.isfinite(w.data if sp.issparse(w) else w).all() and np.isfinite(b).all()):
                 raise ExactCompressError(f"layer {i}: weights or biases contain NaN or infinity")
+
+    def _check_convs(self) -> None:
+        """None when no layer is a convolution; else one entry per layer, convolutions first
+        (a sparse layer without one, e.g. a prefix of a conv network, is a plain linear map)."""
+        if self.convs is not None and all(c is None for c in self.convs):
+            self.convs = None
+        if self.convs is None:
+            return
+        if len(self.convs) != len(self.weights):
+            raise ExactCompressError(
+                f"convs has {len(self.convs)} entries for {len(self.weights)} layers"
+            )
+        n_conv = sum(c is not None for c in self.convs)
+        if any(c is None for c in self.convs[:n_conv]) or self.convs[-1] is not None:
+            raise ExactCompressError("convolutions must come first and the output layer be Linear")
+
+    @property
+    def is_dense(self) -> bool:
+        """No sparse (convolution) layer: every stage, branch and bound included, applies."""
+        return not any(sp.issparse(w) for w in self.weights)
+
+    @property
+    def shapes(self) -> list[list[int] | None]:
+        """Per hidden layer, its (C, H, W) output shape, or None for a dense layer."""
+        if self.convs is None:
+            return [None] * self.n_hidden
+        return [None if c is None else list(c.out_shape) for c in self.convs[:-1]]
 
     @property
     def widths(self) -> list[int]:
@@ -65,7 +103,14 @@ class ReLUNetwork:
 
     @property
     def n_parameters(self) -> int:
-        return int(sum(w.size + b.size for w, b in zip(self.weights, self.biases)))
+        if self.convs is None:
+            return int(sum(w.size + b.size for w, b in zip(self.weights, self.biases)))
+        return int(
+            sum(
+                w.size + b.size if c is None else c.kernel.size + c.channels
+                for w, b, c in zip(self.weights, self.biases, self.convs)
+            )
+        )
 
     def preactivations(self, x: np.ndarray) -> list[np.ndarray]:
         """Pre-activations g_l of every hidden layer for a batch x of shape (m, n0)."""
@@ -112,12 +157,17 @@ class ReLUNetwork:
         return h @ self.weights[-1].T + self.biases[-1]
 
     def to_torch(self, dtype: torch.dtype = torch.float32) -> nn.Sequential:
-        """nn.Sequential(Linear, ReLU, ..., Linear) with these weights."""
+        """nn.Sequential(Linear, ReLU, ..., Linear) with these weights (conv.to_sequential
+        for a network with convolutions)."""
+        if self.convs is not None:
+            from .conv import to_sequential
+
+            return to_sequential(self, dtype)
         layers: list[nn.Module] = []
         for i, (w, b) in enumerate(zip(self.weights, self.biases)):
             lin = nn.Linear(w.shape[1], w.shape[0]).to(dtype)
             with torch.no_grad():
-                lin.weight.copy_(torch.from_numpy(w))
+                lin.weight.copy_(torch.from_numpy(w.toarray() if sp.issparse(w) else w))
                 lin.bias.copy_(torch.from_numpy(b))
             layers.append(lin)
             if i < len(self.weights) - 1:
@@ -127,8 +177,30 @@ class ReLUNetwork:
     def tensors(
         self, device: torch.device | str = "cpu"
     ) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """(W, b) pairs as float64 tensors on ``device``, for the torch stages."""
+        """(W, b) pairs as float64 tensors on ``device``, for the torch stages; a sparse
+        layer as a coalesced sparse COO tensor (``h @ W.T``, ``c @ W``, ``W.abs()`` work)."""
         return [
-            (torch.from_numpy(w).to(device), torch.from_numpy(b).to(device))
+            (_torch_weight(w).to(device), torch.from_numpy(b).to(device))
             for w, b in zip(self.weights, self.biases)
         ]
+
+
+def _as_float64(w):
+    """A dense array, or a csr matrix in canonical form: scipy sorts indices in place on
+    some reads, which would change the summation order of later products."""
+    if sp.issparse(w):
+        w = sp.csr_matrix(w, dtype=np.float64, copy=True)
+        w.sum_duplicates()
+        w.sort_indices()
+        return w
+    return np.ascontiguousarray(w, dtype=np.float64)
+
+
+def _torch_weight(w) -> torch.Tensor:
+    if not sp.issparse(w):
+        return torch.from_numpy(w)
+    coo = w.tocoo()
+    idx = torch.from_numpy(np.vstack([coo.row, coo.col]).astype(np.int64))
+    return torch.sparse_coo_tensor(
+        idx, torch.from_numpy(coo.data), w.shape, check_invariants=False
+    ).coalesce()

@@ -21,7 +21,7 @@ gives a correct (if larger) network.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import scipy.linalg
@@ -66,7 +66,8 @@ class CompressionSummary:
     sound bound, over the whole domain, on how much the folds of a layer change the
     pre-activations of the next layer (``fold_bound_rel``: the same divided by their
     size), and ``fold_refused`` counts rows the rank test called dependent that were
-    kept because that bound was not negligible.
+    kept because that bound was not negligible. ``channels``: per convolution layer,
+    its channel counts before and after (``conv_prune``); empty for a dense network.
     """
 
     layers: list[LayerSummary]
@@ -74,6 +75,7 @@ class CompressionSummary:
     parameters_after: int
     hidden_widths_before: list[int]
     hidden_widths_after: list[int]
+    channels: list[dict] = field(default_factory=list)
 
     @property
     def merged_layers(self) -> list[int]:
@@ -88,6 +90,7 @@ class CompressionSummary:
             "hidden_widths_after": list(self.hidden_widths_after),
             "merged_layers": self.merged_layers,
             "layers": [s.to_json() for s in self.layers],
+            **({"channels": self.channels} if self.channels else {}),
         }
 
     def to_markdown(self) -> str:
@@ -109,7 +112,28 @@ class CompressionSummary:
             f"({100 * share:.1f}% kept); hidden widths {self.hidden_widths_before} -> "
             f"{self.hidden_widths_after}."
         )
-        return "\n".join(rows)
+        return "\n".join(rows + _channel_rows(self.channels))
+
+
+def _channel_rows(channels: list[dict]) -> list[str]:
+    """The convolution layers' channel table (none for a dense network)."""
+    if not channels:
+        return []
+    rows = [
+        "",
+        "| conv layer | H x W | channels before | inactive removed | dead removed | after "
+        "| stably inactive neurons | positions zeroed in next Linear |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for c in channels:
+        rows.append(
+            f"| {c['layer']} | {c['shape'][0]} x {c['shape'][1]} | {c['channels_before']} "
+            f"| {c['inactive_channels_removed']} | {c['dead_channels_removed']} "
+            f"| {c['channels_after']} | {c['stably_inactive_neurons']} "
+            f"| {c['positions_zeroed_in_next_linear']} |"
+        )
+    rows += ["", "Stably active convolution neurons are kept (not folded)."]
+    return rows
 
 
 def _fold_cell(s: LayerSummary) -> str:
@@ -134,9 +158,13 @@ def compress(
     diagonal falls below ``rank_rtol`` times the largest one; it is folded only when
     the proved change of the next layer stays below ``fold_rtol`` of its size.
     """
-    states = _checked_states(net, states)
     box = box if box is not None else Box.uniform(net.widths[0])
     box.check_dim(net.widths[0])
+    if net.convs is not None:
+        from .conv_prune import compress_conv
+
+        return compress_conv(net, states, rank_rtol, box, fold_rtol)
+    states = _checked_states(net, states)
     ws = [w.copy() for w in net.weights]
     bs = [b.copy() for b in net.biases]
     origin: list[int] = []  # original hidden layer of each hidden layer kept in ws

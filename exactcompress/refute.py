@@ -10,6 +10,7 @@ the check looks at, so "flipped" here means flipped there (up to summation order
 from __future__ import annotations
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 
 from .bounds import pick_device
@@ -38,9 +39,15 @@ def first_layer_extremes(
     elsewhere; one row per requested neuron, maximisers first.
     """
     w = net.weights[0]
-    up = w[np.asarray(neurons_to_max, dtype=int)] > 0
-    down = w[np.asarray(neurons_to_min, dtype=int)] > 0
+    up = _dense_rows(w, neurons_to_max) > 0
+    down = _dense_rows(w, neurons_to_min) > 0
     return np.concatenate([np.where(up, box.hi, box.lo), np.where(down, box.lo, box.hi)])
+
+
+def _dense_rows(w, rows: np.ndarray) -> np.ndarray:
+    """Rows of a dense or scipy.sparse weight matrix, as a dense array."""
+    picked = w[np.asarray(rows, dtype=int)]
+    return picked.toarray() if sp.issparse(picked) else picked
 
 
 def gradient_search(
@@ -81,12 +88,14 @@ def gradient_search(
         k = picks.shape[1]
         w, b = params[layer]
         rows = np.arange(neurons.size * k)
-        for chunk in np.array_split(rows, -(-rows.size // batch_limit)):
+        limit = batch_limit if net.is_dense else max(1, min(batch_limit, 2**24 // max(net.widths)))
+        for chunk in np.array_split(rows, -(-rows.size // limit)):
             own = torch.from_numpy(neurons[chunk // k]).to(dev)
+            w_own = w.index_select(0, own).to_dense() if w.is_sparse else w[own]
             end = _ascend(
                 params[:layer],
                 torch.from_numpy(starts[picks.reshape(-1)[chunk]]).to(dev),
-                (w[own], b[own]),
+                (w_own, b[own]),
                 torch.from_numpy(signs[chunk // k]).to(dev),
                 bounds,
                 steps,
@@ -119,7 +128,7 @@ def _objective(
     """sign * g of each row's own neuron (weights ``target``), with leaky ReLU gradients."""
     h = x
     for w, b in hidden:
-        g = torch.addmm(b, h, w.T)
+        g = h @ w.T + b if w.is_sparse else torch.addmm(b, h, w.T)
         neg = g.clamp_max(0)
         h = g.clamp_min(0) + LEAK * (neg - neg.detach())
     w, b = target

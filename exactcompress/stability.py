@@ -230,8 +230,8 @@ def _tighten_stage(ctx: Context) -> None:
     paid only when candidates reach it; they also decide some candidates outright."""
     ctx.candidates = _exact_candidates(ctx.evidence, ctx.bounds)
     cands = ctx.exact_candidates()
-    if ctx.options.bounds != "auto" or not cands:
-        return
+    if ctx.options.bounds != "auto" or not cands or not ctx.evidence.net.is_dense:
+        return  # convolutions (sparse layers): the MILP gets the cheap bounds
     deepest = max(layer for layer, _, _ in cands)
     deadline = _share(ctx.deadline, TIGHTEN_SHARE, TIGHTEN_CAP)
     ctx.bounds, stats = tighten_for_exact(
@@ -244,8 +244,8 @@ def _tighten_stage(ctx: Context) -> None:
 def _bab_stage(ctx: Context) -> None:
     cands = ctx.exact_candidates()
     options = ctx.options
-    if options.prover not in ("bab", "auto") or not cands:
-        return
+    if options.prover not in ("bab", "auto") or not cands or not ctx.evidence.net.is_dense:
+        return  # convolutions (sparse layers): branch and bound is dense-only, the MILP decides
     alone = options.prover == "bab"
     budget = float("inf") if alone else _bab_budget(ctx.deadline, len(cands))
     stats = ctx.executor.run_bab(
@@ -437,6 +437,7 @@ def _report(ctx: Context, seconds: dict, interrupted: bool, milp_stats: dict) ->
             "milp": milp_stats,
             "stages": stages,
             "proofs": _proof_kinds(evidence),
+            **({} if evidence.net.convs is None else {"shapes": evidence.net.shapes}),
         },
     )
 

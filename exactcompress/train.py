@@ -9,6 +9,7 @@ in seconds on a laptop CPU.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -21,10 +22,38 @@ from .errors import ExactCompressError
 from .io import load_network
 from .network import ReLUNetwork
 
+#: (channels, height, width) of each dataset's images, for convolutional architectures
+IMAGE_SHAPES = {
+    "digits": (1, 8, 8),
+    "digits28": (1, 28, 28),
+    "digits-rgb32": (3, 32, 32),
+    "mnist": (1, 28, 28),
+    "cifar10": (3, 32, 32),
+    "cifar100": (3, 32, 32),
+}
+#: ``convC``: Conv2d(C channels, 3x3, padding 1) + ReLU; ``convC/sS``: stride S
+_CONV = re.compile(r"^conv(\d+)(?:/s(\d+))?$")
+
+
+def parse_arch(spec: str) -> list[int | str]:
+    """``100-100`` (dense widths) or ``conv16-conv32/s2-100`` (convolutions first)."""
+    arch: list[int | str] = []
+    for token in (t for t in spec.replace("x", "-").split("-") if t):
+        if _CONV.match(token):
+            arch.append(token)
+            continue
+        try:
+            arch.append(int(token))
+        except ValueError:
+            raise ExactCompressError(
+                f"--arch {spec!r} is not widths like 100-100 or conv16-conv32-100"
+            ) from None
+    return arch
+
 
 def train(
     dataset: str,
-    arch: Sequence[int],
+    arch: Sequence[int | str],
     l1: float = 0.0,
     epochs: int = 30,
     lr: float = 0.01,
@@ -36,10 +65,12 @@ def train(
 ) -> tuple[ReLUNetwork, dict]:
     """Train on ``dataset`` with hidden widths ``arch``; returns the network and its meta.
 
-    The loss is cross-entropy + l1 * sum |W| over every Linear weight matrix, output
-    layer included, as in the paper. ``progress(epoch, mean_loss)`` is called after
-    each epoch. Ctrl-C stops after the current step and returns the model so far,
-    with ``meta["interrupted"] = True``, so a long run is never wasted.
+    ``arch`` may start with convolutions (``parse_arch``), run on the dataset's images.
+    The loss is cross-entropy + l1 * sum |W| over every Linear weight matrix (and every
+    convolution kernel), output layer included, as in the paper.
+    ``progress(epoch, mean_loss)`` is called after each epoch. Ctrl-C stops after the
+    current step and returns the model so far, with ``meta["interrupted"] = True``, so a
+    long run is never wasted.
     """
     arch = _check_args(arch, l1, epochs, lr, batch_size)
     X, y = load_dataset(dataset, "train", data_dir)
@@ -48,7 +79,10 @@ def train(
     # A private RNG stream: reproducible from ``seed`` without disturbing the caller's.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = _build([X.shape[1], *arch, n_classes])
+        if any(isinstance(a, str) for a in arch):
+            model = _build_conv(arch, IMAGE_SHAPES[dataset], n_classes)
+        else:
+            model = _build([X.shape[1], *arch, n_classes])
         gen = torch.Generator().manual_seed(seed)
         done, interrupted = _fit(
             model,
@@ -92,10 +126,14 @@ def accuracy(net: ReLUNetwork, X: np.ndarray, y: np.ndarray) -> float:
 
 
 def _check_args(
-    arch: Sequence[int], l1: float, epochs: int, lr: float, batch_size: int
-) -> list[int]:
-    arch = [int(w) for w in arch]
-    if not arch or min(arch) < 1:
+    arch: Sequence[int | str], l1: float, epochs: int, lr: float, batch_size: int
+) -> list[int | str]:
+    convs = [a for a in arch if isinstance(a, str)]
+    if any(not _CONV.match(a) for a in convs) or list(arch[: len(convs)]) != convs:
+        raise ExactCompressError(f"architecture {list(arch)}: convC or convC/sS layers come first")
+    widths = [int(w) for w in arch[len(convs) :]]
+    arch = [*convs, *widths]
+    if not arch or min(widths, default=1) < 1 or any(_channels(c) < 1 for c in convs):
         raise ExactCompressError(f"architecture {arch} needs hidden layers of width >= 1")
     if l1 < 0 or lr <= 0 or epochs < 1 or batch_size < 1:
         raise ExactCompressError(
@@ -103,6 +141,31 @@ def _check_args(
             f"(got l1={l1}, lr={lr}, epochs={epochs}, batch size={batch_size})"
         )
     return arch
+
+
+def _channels(token: str) -> int:
+    return int(_CONV.match(token).group(1))
+
+
+def _build_conv(
+    arch: list[int | str], shape: tuple[int, int, int], n_classes: int
+) -> nn.Sequential:
+    """Unflatten(1, shape), [Conv2d 3x3 padding 1, ReLU]..., Flatten, [Linear, ReLU]..., Linear."""
+    layers: list[nn.Module] = [nn.Unflatten(1, shape)]
+    channels = shape[0]
+    for token in (a for a in arch if isinstance(a, str)):
+        m = _CONV.match(token)
+        out, stride = int(m.group(1)), int(m.group(2) or 1)
+        layers += [nn.Conv2d(channels, out, 3, stride=stride, padding=1), nn.ReLU()]
+        channels = out
+    layers.append(nn.Flatten())
+    with torch.no_grad():
+        n = nn.Sequential(*layers)(torch.zeros(1, int(np.prod(shape)))).shape[1]
+    for width in (a for a in arch if not isinstance(a, str)):
+        layers += [nn.Linear(n, width), nn.ReLU()]
+        n = width
+    layers.append(nn.Linear(n, n_classes))
+    return nn.Sequential(*layers)
 
 
 def _build(widths: list[int]) -> nn.Sequential:
@@ -128,7 +191,7 @@ def _fit(
 ) -> tuple[int, bool]:
     """SGD epochs; returns (epochs completed, whether Ctrl-C stopped it)."""
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
-    weights = [m.weight for m in model if isinstance(m, nn.Linear)]
+    weights = [m.weight for m in model if isinstance(m, (nn.Linear, nn.Conv2d))]
     done = 0
     try:
         for epoch in range(1, epochs + 1):

@@ -15,13 +15,23 @@ from .base import DEFAULT_RELU, Handle, Key, MILPInput
 from .registry import register_relu, relu_encoding
 
 
-def affine(weights_row: np.ndarray, bias: float, inputs: list) -> LinearExpression:
-    """w.h + b over the inputs that exist (None marks a neuron proved inactive)."""
+def affine(weights_row, bias: float, inputs: list) -> LinearExpression:
+    """w.h + b over the inputs that exist (None marks a neuron proved inactive).
+
+    ``weights_row`` is a dense row or a 1 x n scipy.sparse row (a convolution layer):
+    only its nonzeros are read, so a row costs its kernel's size, not the layer's width.
+    """
+    if hasattr(weights_row, "tocsr"):
+        row = weights_row.tocsr()
+        index, values = row.indices, row.data
+    else:
+        index = np.flatnonzero(weights_row)
+        values = weights_row[index]
     coefs, vars_ = [], []
-    for k in np.flatnonzero(weights_row):
+    for k, c in zip(index, values):
         v = inputs[k]
-        if v is not None:
-            coefs.append(float(weights_row[k]))
+        if v is not None and c != 0:
+            coefs.append(float(c))
             vars_.append(v)
     return LinearExpression(constant=float(bias), linear_coefs=coefs, linear_vars=vars_)
 
