@@ -58,6 +58,9 @@ STEPS, ROOT_STEPS = 8, 30
 #: steps for a subdomain with nothing left to split: its bound is a linear program's
 #: Lagrangian dual, which projected gradient reaches slowly but surely
 LEAF_STEPS = 300
+#: filtered smart branching: splits tried per subdomain (the best BaBSR-like scores);
+#: 1 is plain BaBSR
+FSB_TOP = 8
 #: gradient search from the most promising subdomains every this many batches
 SEARCH_EVERY = 8
 #: --prover auto: a candidate whose worst open bound has not moved STALL_PROGRESS of the
@@ -364,11 +367,10 @@ class CandidateProver:
         return best, best_x, kept
 
     # ---- branching -----------------------------------------------------------------
-    def branch(self, dom: _Domains, kept: list[torch.Tensor]) -> tuple[_Domains, torch.Tensor]:
-        """Split each subdomain on its highest-scoring free unstable neuron (BaBSR-like
-        score: how much of the bound the neuron's relaxation adds); returns the children
-        (active halves first) and which parents had nothing left to split."""
-        scores, where = [], []
+    def _scores(self, dom: _Domains, kept: list[torch.Tensor]) -> torch.Tensor:
+        """BaBSR-like score of every neuron of layers < L, (B, sum n_k): how much of the
+        bound the neuron's relaxation adds; -1 where there is nothing to split."""
+        scores = []
         for k in range(self.layer):
             lo, up = dom.lower[k], dom.upper[k]
             free = (lo < 0) & (up > 0) & (dom.split[k] == 0)
@@ -378,29 +380,69 @@ class CandidateProver:
             a = dom.alpha[k]
             gap = torch.maximum(-a * lo, (1 - a) * up)
             s = lam.clamp_min(0) * shift + (-lam).clamp_min(0) * gap
-            s = torch.where(free, s + 1e-12 * width, torch.full_like(s, -1.0))
-            best, idx = s.max(dim=1)
-            scores.append(best)
-            where.append(idx)
-        score = torch.stack(scores, dim=1)
-        layer_of = score.argmax(dim=1)
+            scores.append(torch.where(free, s + 1e-12 * width, torch.full_like(s, -1.0)))
+        return torch.cat(scores, dim=1)
+
+    def _split(self, dom: _Domains, flat: torch.Tensor, direction: int) -> _Domains:
+        """Copies of ``dom`` with neuron ``flat`` (an index into the concatenated layers,
+        one per subdomain) split in ``direction``, its multiplier starting at 0."""
+        child = dom.take(torch.arange(len(dom), device=self.dev))
+        child.split = [s.clone() for s in child.split]
+        child.beta = [b.clone() for b in child.beta]
+        offset = 0
+        for k in range(self.layer):
+            n = child.split[k].shape[1]
+            rows = torch.nonzero((flat >= offset) & (flat < offset + n)).reshape(-1)
+            if rows.numel():
+                child.split[k][rows, flat[rows] - offset] = direction
+                child.beta[k][rows, flat[rows] - offset] = 0.0
+            offset += n
+        child.depth = child.depth + 1
+        return child
+
+    def _quick_bound(self, dom: _Domains) -> torch.Tensor:
+        """One back-substitution with the subdomains' current alpha and beta: what a
+        split would give before any optimisation (for choosing the split)."""
+        lower, upper, empty = self.intermediate(dom)
+        relax = [
+            self._relax(k, lower[k], upper[k], dom.split[k], dom.alpha[k], self._mass(k, upper))
+            for k in range(self.layer)
+        ]
+        value, _, _ = self._backward(
+            relax,
+            self.target_w.expand(len(dom), 1, -1),
+            self.target_b.expand(len(dom), 1),
+            dom.beta,
+        )
+        return torch.where(empty, torch.full_like(value[:, 0], -torch.inf), value[:, 0])
+
+    def _filtered_choice(self, dom: _Domains, score: torch.Tensor) -> torch.Tensor:
+        """Filtered smart branching (FSB, as in alpha-beta-CROWN): of the FSB_TOP best
+        scores of each subdomain, the split whose worse child has the lowest quick bound.
+        The score alone can favour a neuron whose relaxation is loose but not where the
+        bound's maximiser sits; splitting it then leaves one child's bound unchanged."""
+        top = min(FSB_TOP, score.shape[1])
+        cand_score, cand = score.topk(top, dim=1)
+        if top == 1:
+            return cand[:, 0]
+        worst = []
+        for c in range(top):
+            kids = [self._split(dom, cand[:, c], d) for d in (1, -1)]
+            worst.append(self._quick_bound(_Domains.cat(kids)).reshape(2, -1).max(dim=0).values)
+        cost = torch.stack(worst, dim=1)
+        cost = torch.where(cand_score < 0, torch.full_like(cost, torch.inf), cost)
+        return cand.gather(1, cost.argmin(dim=1, keepdim=True))[:, 0]
+
+    def branch(self, dom: _Domains, kept: list[torch.Tensor]) -> tuple[_Domains, torch.Tensor]:
+        """Split each subdomain on one free unstable neuron, chosen by filtered smart
+        branching; returns the children (active halves first) and which parents had
+        nothing left to split."""
+        score = self._scores(dom, kept)
         stuck = score.max(dim=1).values < 0
-        keep = ~stuck
-        dom = dom.take(torch.nonzero(keep).reshape(-1))
-        layer_of = layer_of[keep]
-        neuron_of = torch.stack(where, dim=1)[keep].gather(1, layer_of[:, None])[:, 0]
-        children = []
-        for direction in (1, -1):
-            child = dom.take(torch.arange(len(dom), device=self.dev))
-            child.split = [s.clone() for s in child.split]
-            child.beta = [b.clone() for b in child.beta]
-            for k in range(self.layer):
-                rows = torch.nonzero(layer_of == k).reshape(-1)
-                if rows.numel():
-                    child.split[k][rows, neuron_of[rows]] = direction
-                    child.beta[k][rows, neuron_of[rows]] = 0.0
-            child.depth = child.depth + 1
-            children.append(child)
+        keep = torch.nonzero(~stuck).reshape(-1)
+        dom, score = dom.take(keep), score[keep]
+        flat = self._filtered_choice(dom, score)
+        children = [self._split(dom, flat, direction) for direction in (1, -1)]
         return _Domains.cat(children), stuck
 
 
