@@ -60,7 +60,7 @@ STEPS, ROOT_STEPS = 8, 30
 LEAF_STEPS = 300
 #: filtered smart branching: splits tried per subdomain (the best BaBSR-like scores);
 #: 1 is plain BaBSR
-FSB_TOP = 8
+FSB_TOP = 32
 #: gradient search from the most promising subdomains every this many batches
 SEARCH_EVERY = 8
 #: --prover auto: a candidate whose worst open bound has not moved STALL_PROGRESS of the
