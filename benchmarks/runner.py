@@ -67,6 +67,7 @@ FIELDS = (
     "milp_candidates", "milp_solves", "exact_candidates",
     *(f"exact_{o}" for o in EXACT_OUTCOMES), "undecided_why", "stable_pct_per_layer",
     "connections_before", "connections_after", "connections_removed_pct",
+    "parameters_before", "parameters_after", "parameters_removed_pct", "channels_removed_pct",
     "acc_before", "acc_after", "verified", "solver_used", "states",
 )  # fmt: skip
 KEY = ("model", "config", "formulation", "solver")
@@ -229,7 +230,7 @@ def run_one(lm: LoadedModel, key: RunKey, time_limit: float | None, say: Say | N
         return row
     if report.interrupted:
         raise KeyboardInterrupt  # Ctrl-C inside the pipeline: stop the sweep, record nothing
-    compressed, _ = prune(lm.net, report.states)
+    compressed, summary = prune(lm.net, report.states)
     counts = report.counts()
     before = sum(w.size for w in lm.net.weights)
     after = sum(w.size for w in compressed.weights)
@@ -250,6 +251,7 @@ def run_one(lm: LoadedModel, key: RunKey, time_limit: float | None, say: Say | N
         connections_before=before,
         connections_after=after,
         connections_removed_pct=f"{100 * (before - after) / before:.2f}",
+        **_parameters(summary),
         solver_used=report.solver,
         states=encode_states(report.states),
     )
@@ -262,6 +264,22 @@ def run_one(lm: LoadedModel, key: RunKey, time_limit: float | None, say: Say | N
         lm.net, compressed, Box.uniform(lm.net.widths[0]), data=test_x, n_samples=_VERIFY_SAMPLES
     )
     row["verified"] = "yes" if check.ok else f"NO (max rel diff {check.max_rel:.3g})"
+    return row
+
+
+def _parameters(summary) -> dict:
+    """Parameters (a convolution's kernel, not its unrolled matrix) and, for networks
+    with convolutions, the share of their channels removed."""
+    before, after = summary.parameters_before, summary.parameters_after
+    row = {
+        "parameters_before": before,
+        "parameters_after": after,
+        "parameters_removed_pct": f"{100 * (before - after) / max(1, before):.2f}",
+    }
+    if summary.channels:
+        total = sum(c["channels_before"] for c in summary.channels)
+        kept = sum(c["channels_after"] for c in summary.channels)
+        row["channels_removed_pct"] = f"{100 * (total - kept) / total:.2f}"
     return row
 
 

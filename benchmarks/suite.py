@@ -56,7 +56,7 @@ class TrainRecipe:
     """How to train one suite network; also its cache file name."""
 
     dataset: str
-    arch: tuple[int, ...]
+    arch: tuple[int | str, ...]  # "convC" layers first (train.parse_arch)
     l1: float
     seed: int = 0
     epochs: int = EPOCHS
@@ -203,6 +203,23 @@ def bounds_suite(repo: Path = REPO) -> list[BenchModel]:
     ]
     refs = [m for m in reference_models(repo) if m.name == "ref:cifar10-pruned"]
     return [trained(r) for r in recipes] + refs
+
+
+#: conv suite: few epochs (a convolution epoch costs seconds on a CPU), more L1 levels
+CONV_EPOCHS = 10
+
+
+def conv_suite() -> list[BenchModel]:
+    """Small CNNs (exactcompress train --arch conv8-conv16-64 ...) on the 28x28 and the
+    3x32x32 digits at several L1 levels: stable neurons per position, whole channels
+    removed, parameters, accuracy and time per stage (branch and bound is dense-only,
+    so their exact stage is the MILP)."""
+    archs = {"digits28": ("conv8", "conv16", 64), "digits-rgb32": ("conv8", "conv8", 64)}
+    return [
+        trained(TrainRecipe(ds, arch, l1, epochs=CONV_EPOCHS))
+        for ds, arch in archs.items()
+        for l1 in (0.0, 1e-4, 1e-3, 3e-3)
+    ]
 
 
 def trained(recipe: TrainRecipe) -> BenchModel:

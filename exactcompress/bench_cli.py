@@ -12,13 +12,14 @@ import sys
 from .errors import ExactCompressError
 from .io import make_dir
 
-SUITES = ("paper", "quick", "pipeline", "hard", "bounds")
+SUITES = ("paper", "quick", "pipeline", "hard", "bounds", "conv")
 _DEFAULT_TIME_LIMIT = {
     "paper": 300.0,
     "quick": 30.0,
     "pipeline": 120.0,
     "hard": 300.0,
     "bounds": 60.0,
+    "conv": 60.0,
 }
 #: per suite, the (configs, formulations, solvers) run unless the command names them
 _DEFAULTS = {
@@ -31,6 +32,7 @@ _DEFAULTS = {
         ["network", "neuron"],
         ["highs"],
     ),
+    "conv": (["full"], ["neuron"], ["highs"]),
 }  # fmt: skip
 _DEFAULT_SETTINGS = (["full", "paper"], ["network", "neuron"], ["highs", "gurobi"])
 
@@ -145,6 +147,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         "pipeline": suite.pipeline_suite,
         "hard": suite.hard_suite,
         "bounds": suite.bounds_suite,
+        "conv": suite.conv_suite,
     }
     models = [] if args.no_suite else builders[name]()
     models += suite.user_models(args.models)

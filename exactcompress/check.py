@@ -373,6 +373,8 @@ def certify_by_bab(
     device: str | None,
 ) -> dict[tuple[int, int], str]:
     """exactcompress.bab.certify when it is there; every claim "unknown" otherwise."""
+    if not net.is_dense:  # branch and bound reads dense weights only (not convolutions)
+        return {(layer, j): "dense networks only" for layer, j, _ in claims}
     try:
         from .bab import certify
     except ImportError:

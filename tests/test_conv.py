@@ -230,6 +230,9 @@ def test_model_file_round_trip_and_stability_json_shapes(tmp_path):
     assert json.loads(text)["shapes"] == result.original.shapes
     report = (tmp_path / "out" / "report.md").read_text()
     assert "channels before" in report and "Parameters:" in report
+    # the report re-checked without trusting it (branch and bound is dense-only: MILP)
+    args = [str(tmp_path / "orig.pt"), str(tmp_path / "out" / "stability.json")]
+    assert main(["check", *args, "--solver", "highs"]) == 0
 
 
 @pytest.mark.parametrize(
@@ -253,3 +256,38 @@ def test_conv_state_dict_without_architecture_exits_nonzero(tmp_path, capsys):
     assert main(["stability", str(tmp_path / "m.pt")]) != 0
     err = capsys.readouterr().err.strip()
     assert err and len(err.splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_trained_digits28_cnn_loses_channels_and_verifies(tmp_path):
+    """exactcompress train --arch conv8-conv8/s2-32 --l1 on digits28, then compress."""
+    from exactcompress.data import load_dataset
+    from exactcompress.train import parse_arch, train
+
+    net, meta = train("digits28", parse_arch("conv8-conv8/s2-32"), l1=5e-3, lr=0.05, epochs=4)
+    x, _ = load_dataset("digits28", "train")
+    result = compress(net, data=x, options=StabilityOptions(time_limit=60))
+    removed = sum(
+        c["inactive_channels_removed"] + c["dead_channels_removed"] for c in result.summary.channels
+    )
+    assert removed >= 1
+    assert result.verification.ok
+    assert result.summary.parameters_after < result.summary.parameters_before
+    result.save(tmp_path)
+    report = (tmp_path / "report.md").read_text()
+    before, after = result.summary.parameters_before, result.summary.parameters_after
+    assert f"Parameters: {before} -> {after}" in report
+
+
+def test_bench_row_has_parameters_and_channels_removed():
+    from benchmarks.runner import RunKey, run_one
+    from benchmarks.suite import BenchModel, LoadedModel, conv_suite
+
+    module, shape, _ = _variant("batchnorm")
+    net = load_network(module, input_shape=shape)
+    lm = LoadedModel(BenchModel("tiny-cnn"), net, {}, None, None, "none")
+    row = run_one(lm, RunKey("tiny-cnn", "full", "neuron", "highs"), 60.0, None)
+    assert row["status"] == "ok" and row["verified"] == "yes"
+    assert row["parameters_after"] < row["parameters_before"] == net.n_parameters
+    assert float(row["channels_removed_pct"]) > 0
+    assert {m.dataset for m in conv_suite()} == {"digits28", "digits-rgb32"}
