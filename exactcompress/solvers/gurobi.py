@@ -170,6 +170,8 @@ class GurobiAdapter(SolverAdapter):
         }
         if self.threads:
             opts["Threads"] = self.threads
+        # quiet before Pyomo sets its parameters, each of which Gurobi would announce
+        self._grb.Params.OutputFlag = int(self.verbose)
         try:
             res = self._opt.solve(
                 self.handle.model,
