@@ -31,7 +31,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -66,6 +66,8 @@ SEARCH_EVERY = 8
 #: --prover auto: a candidate whose worst open bound has not moved STALL_PROGRESS of the
 #: way to 0 after STALL_SECONDS goes to the MILP instead
 STALL_SECONDS, STALL_PROGRESS = 10.0, 0.1
+#: the shortest turn a candidate gets when run_bab shares time left over
+MIN_SLICE = 1.0
 #: seconds between two progress lines
 PROGRESS_EVERY = 5.0
 
@@ -480,109 +482,146 @@ def prove_candidate(
     stall: bool = False,
     leaves: list[dict] | None = None,
 ) -> CandidateOutcome:
-    """Branch and bound on one candidate until it is proved, refuted or out of time.
+    """Branch and bound on one candidate until it is proved, refuted or ``deadline``
+    (one ``CandidateSearch.advance``; see there for the arguments)."""
+    search = CandidateSearch(evidence, bounds, cand, device, progress, fixed, stall, leaves)
+    return search.advance(deadline)
 
-    Proofs are recorded in ``evidence`` with decider ``bab``; every bounded subdomain
-    offers its maximiser of the linear bound as a witness, and gradient search runs
-    from the most promising subdomains after each batch. ``fixed`` (default: every state
-    proved so far) are the neuron states the bounds may rely on. With ``stall``, a
-    search whose worst open bound has not come STALL_PROGRESS of the way from the root
-    bound to 0 after STALL_SECONDS stops early ("stalled"), so that another prover gets
-    the time. ``leaves``, when given, receives every closed subdomain (its splits and
-    intermediate bounds): the proof's certificate, which ``tighten.leaf_bound`` re-checks
-    by LP with safe dual bounds.
+
+class CandidateSearch:
+    """One candidate's branch and bound, resumable: ``advance(deadline)`` works until the
+    candidate is decided or ``deadline`` and a later call goes on from the open
+    subdomains, so that ``run_bab`` can hand the time easy candidates leave to hard ones.
+
+    Proofs are not recorded here (the caller does, decider ``bab``); every bounded
+    subdomain offers its maximiser of the linear bound to ``evidence`` as a witness, and
+    gradient search runs from the most promising subdomains every SEARCH_EVERY batches.
+    ``fixed`` (default: every state proved so far) are the neuron states the bounds may
+    rely on. With ``stall``, a search whose worst open bound has not come STALL_PROGRESS
+    of the way from the root bound to 0 after STALL_SECONDS of its own time stops
+    ("stalled"), so that another prover gets the time. ``leaves``, when given, receives
+    every closed subdomain (its splits and intermediate bounds): the proof's certificate,
+    which ``tighten.leaf_bound`` re-checks by LP with safe dual bounds.
     """
-    layer, j, side = cand
-    start = time.monotonic()
-    net = evidence.net
-    sign = 1.0 if side == "pos" else -1.0
-    seen = evidence.seen_pos if side == "pos" else evidence.seen_neg
-    prover = CandidateProver(
-        net,
-        evidence.box,
-        bounds,
-        evidence.fixed_states() if fixed is None else fixed,
-        layer,
-        j,
-        sign,
-        device,
-    )
 
-    def refuted() -> bool:
-        return bool(seen[layer][j])
+    def __init__(
+        self,
+        evidence: NeuronEvidence,
+        bounds: LayerBounds,
+        cand: Candidate,
+        device: torch.device,
+        progress: Progress,
+        fixed: list[np.ndarray] | None = None,
+        stall: bool = False,
+        leaves: list[dict] | None = None,
+    ) -> None:
+        layer, j, side = cand
+        self.evidence, self.cand, self.progress = evidence, cand, progress
+        self.stall, self.leaves = stall, leaves
+        self.seen = evidence.seen_pos if side == "pos" else evidence.seen_neg
+        states = evidence.fixed_states() if fixed is None else fixed
+        sign = 1.0 if side == "pos" else -1.0
+        self.prover = CandidateProver(
+            evidence.net, evidence.box, bounds, states, layer, j, sign, device
+        )
+        self.open_set: _Domains | None = None  # None until the root is bounded
+        self.root_bound = float("inf")
+        self.domains = self.depth = self.batches = 0
+        self.seconds = 0.0
+        self.outcome: CandidateOutcome | None = None  # set once decided or given up
 
-    def done(status: str, bound: float, n: int, depth: int) -> CandidateOutcome:
-        return CandidateOutcome(status, bound, n, depth, time.monotonic() - start)
+    def refuted(self) -> bool:
+        layer, j, _ = self.cand
+        return bool(self.seen[layer][j])
 
-    with torch.no_grad():
-        root = prover.root()
-    bound, x, kept = prover.bound(root, ROOT_STEPS)
-    evidence.observe(x.cpu().numpy(), STAGE)
-    if refuted():
-        return done("refuted", float(bound[0]), 1, 0)
-    if bool(bound[0] <= 0):
-        _keep_leaves(leaves, root, bound <= 0)
-        return done("proved", float(bound[0]), 1, 0)
-    if layer == 0:  # nothing to split: the root bound is the exact extreme, up to rounding
-        return done("stuck", float(bound[0]), 1, 0)
-    open_set, n_domains, depth, batches = root, 1, 0, 0
-    root_bound = float(bound[0])
-    last_say = time.monotonic()
-    while True:
-        if time.monotonic() >= deadline:
-            return done("timeout", float(open_set.bound.max()), n_domains, depth)
-        worst = float(open_set.bound.max())
-        if (
-            stall
-            and time.monotonic() - start > STALL_SECONDS
-            and worst > (1 - STALL_PROGRESS) * root_bound
-        ):
-            return done("stalled", worst, n_domains, depth)
-        # the subdomains with the highest bounds: hardest to close, likeliest to flip
-        k = min(BATCH, len(open_set))
-        order = torch.argsort(open_set.bound, descending=True)
-        batch, rest = open_set.take(order[:k]), open_set.take(order[k:])
-        with torch.no_grad():
-            kept = kept_coefficients(prover, batch)
-            children, stuck = prover.branch(batch, kept)
-        if bool(stuck.any()):
-            # nothing left to split: every ReLU before the layer is fixed, so only the
-            # multipliers can close it
-            leaves = batch.take(torch.nonzero(stuck).reshape(-1))
-            leaf_bound, x, _ = prover.bound(leaves, LEAF_STEPS)
+    def advance(self, deadline: float) -> CandidateOutcome:
+        """Work until decided (proved, refuted), given up (stuck, stalled) or
+        ``deadline`` ("timeout": ``advance`` again to go on)."""
+        if self.outcome is not None:
+            return self.outcome
+        start = time.monotonic()
+        status, bound = self._run(deadline, start)
+        self.seconds += time.monotonic() - start
+        out = CandidateOutcome(status, bound, self.domains, self.depth, self.seconds)
+        if status != "timeout":
+            self.outcome = out
+        return out
+
+    def _run(self, deadline: float, start: float) -> tuple[str, float]:
+        prover, evidence = self.prover, self.evidence
+        layer, j, _ = self.cand
+        if self.open_set is None:
+            with torch.no_grad():
+                root = prover.root()
+            bound, x, _ = prover.bound(root, ROOT_STEPS)
+            self.domains = 1
             evidence.observe(x.cpu().numpy(), STAGE)
-            if refuted():
-                return done("refuted", float(leaf_bound.max()), n_domains, depth)
-            if bool((leaf_bound > 0).any()):
-                return done("stuck", float(leaf_bound.max()), n_domains, depth)
-        if len(children) == 0:
-            open_set = rest
-            if len(open_set) == 0:
-                return done("proved", float(batch.bound.max()), n_domains, depth)
-            continue
-        bound, x, _ = prover.bound(children, STEPS)
-        n_domains += len(children)
-        depth = max(depth, int(children.depth.max()))
-        xs = x.cpu().numpy()
-        evidence.observe(xs, STAGE)
-        batches += 1
-        if not refuted() and batches % SEARCH_EVERY == 1:
-            _gradient_from(evidence, xs[np.argsort(-bound.cpu().numpy())[:4]], layer, j, side)
-        if refuted():
-            return done("refuted", float(bound.max()), n_domains, depth)
-        _keep_leaves(leaves, children, bound <= 0)
-        still = children.take(torch.nonzero(bound > 0).reshape(-1))
-        open_set = _Domains.cat([rest, still]) if len(rest) else still
-        if len(open_set) == 0:
-            return done("proved", float(bound.max()), n_domains, depth)
-        if time.monotonic() - last_say >= PROGRESS_EVERY:
-            last_say = time.monotonic()
-            progress(
-                f"  bab layer {layer + 1} neuron {j}: {n_domains} subdomains bounded, "
-                f"{len(open_set)} open, depth {depth}, "
-                f"worst bound {float(open_set.bound.max()):.3g}, "
-                f"{time.monotonic() - start:.0f} s"
-            )
+            if self.refuted():
+                return "refuted", float(bound[0])
+            if bool(bound[0] <= 0):
+                _keep_leaves(self.leaves, root, bound <= 0)
+                return "proved", float(bound[0])
+            if layer == 0:  # nothing to split: the root bound is the exact extreme
+                return "stuck", float(bound[0])
+            self.open_set, self.root_bound = root, float(bound[0])
+        last_say = time.monotonic()
+        while True:
+            worst = float(self.open_set.bound.max())
+            now = time.monotonic()
+            if now >= deadline:
+                return "timeout", worst
+            if (
+                self.stall
+                and self.seconds + now - start > STALL_SECONDS
+                and worst > (1 - STALL_PROGRESS) * self.root_bound
+            ):
+                return "stalled", worst
+            # the subdomains with the highest bounds: hardest to close, likeliest to flip
+            k = min(BATCH, len(self.open_set))
+            order = torch.argsort(self.open_set.bound, descending=True)
+            batch, rest = self.open_set.take(order[:k]), self.open_set.take(order[k:])
+            with torch.no_grad():
+                kept = kept_coefficients(prover, batch)
+                children, stuck = prover.branch(batch, kept)
+            if bool(stuck.any()):
+                # nothing left to split: every ReLU before the layer is fixed, so only the
+                # multipliers can close these
+                final = batch.take(torch.nonzero(stuck).reshape(-1))
+                final_bound, x, _ = prover.bound(final, LEAF_STEPS)
+                evidence.observe(x.cpu().numpy(), STAGE)
+                if self.refuted():
+                    return "refuted", float(final_bound.max())
+                if bool((final_bound > 0).any()):
+                    return "stuck", float(final_bound.max())
+                _keep_leaves(self.leaves, final, final_bound <= 0)
+            if len(children) == 0:
+                self.open_set = rest
+                if len(rest) == 0:
+                    return "proved", float(batch.bound.max())
+                continue
+            bound, x, _ = prover.bound(children, STEPS)
+            self.domains += len(children)
+            self.depth = max(self.depth, int(children.depth.max()))
+            xs = x.cpu().numpy()
+            evidence.observe(xs, STAGE)
+            self.batches += 1
+            if not self.refuted() and self.batches % SEARCH_EVERY == 1:
+                _gradient_from(evidence, xs[np.argsort(-bound.cpu().numpy())[:4]], *self.cand)
+            if self.refuted():
+                return "refuted", float(bound.max())
+            _keep_leaves(self.leaves, children, bound <= 0)
+            still = children.take(torch.nonzero(bound > 0).reshape(-1))
+            self.open_set = _Domains.cat([rest, still]) if len(rest) else still
+            if len(self.open_set) == 0:
+                return "proved", float(bound.max())
+            if time.monotonic() - last_say >= PROGRESS_EVERY:
+                last_say = time.monotonic()
+                self.progress(
+                    f"  bab layer {layer + 1} neuron {j}: {self.domains} subdomains bounded, "
+                    f"{len(self.open_set)} open, depth {self.depth}, "
+                    f"worst bound {float(self.open_set.bound.max()):.3g}, "
+                    f"{self.seconds + time.monotonic() - start:.0f} s"
+                )
 
 
 def _keep_leaves(leaves: list[dict] | None, dom: _Domains, closed: torch.Tensor) -> None:
@@ -649,32 +688,29 @@ def run_bab(
     jobs: int = 1,
 ) -> BabStats:
     """Branch and bound on every candidate, layer by layer, so that each proof fixes a
-    neuron for the candidates of later layers. ``budget`` caps the seconds spent on one
-    candidate; with ``give_up`` the candidates left open are marked undecided (the
-    ``bab`` prover alone), without it they stay open for the MILP (``auto``). ``jobs``
-    candidates of a layer run side by side in threads; ``evidence`` is thread-safe, so
-    a witness found by one is seen by all."""
+    neuron for the candidates of later layers.
+
+    Each layer gets ``budget`` seconds per candidate (its pool, within ``deadline``),
+    shared in rounds: first ``budget`` each, then what is left of the pool split evenly
+    over the candidates still open, which resume where they stopped, so the time an easy
+    candidate leaves goes to the hard ones. With ``give_up`` the candidates left open
+    are marked undecided (the ``bab`` prover alone); without it they stay open for the
+    MILP (``auto``), and stalled searches leave the rounds early. ``jobs`` candidates
+    run side by side in threads; ``evidence`` is thread-safe, so a witness found by one
+    is seen by all."""
     dev = pick_device(device)
     stats = BabStats(candidates=len(candidates))
     start = time.monotonic()
     lock = threading.Lock()
     bounds = with_crown(evidence.net, evidence.box, bounds, dev)
 
-    def one(cand: Candidate) -> None:
+    def still_open(cand: Candidate) -> bool:
         layer, j, side = cand
         seen = evidence.seen_pos if side == "pos" else evidence.seen_neg
-        if evidence.settled(layer)[j] or seen[layer][j]:
-            return
-        own_deadline = min(deadline, time.monotonic() + budget)
-        if time.monotonic() >= own_deadline:
-            if give_up:
-                evidence.give_up(layer, [j], "time limit")
-            with lock:
-                stats.undecided += 1
-            return
-        out = prove_candidate(
-            evidence, bounds, cand, own_deadline, dev, progress, stall=not give_up
-        )
+        return not (evidence.settled(layer)[j] or seen[layer][j])
+
+    def finish(cand: Candidate, out: CandidateOutcome) -> None:
+        layer, j, side = cand
         if out.status == "proved":
             evidence.prove(layer, [j], active=(side == "neg"), stage=STAGE)
         elif out.status != "refuted" and give_up:
@@ -689,15 +725,49 @@ def run_bab(
                 f"{stats.refuted} refuted"
             )
 
-    with one_thread():
+    def turn(cand: Candidate, search: CandidateSearch | None, until: float, end: float):
+        """One turn of one candidate; returns its search while it stays open."""
+        if not still_open(cand):
+            return None  # refuted by another candidate's witness meanwhile
+        search = search or CandidateSearch(evidence, bounds, cand, dev, progress, stall=not give_up)
+        out = search.advance(until)
+        if out.status != "timeout" or time.monotonic() >= end:
+            finish(cand, out)
+            return None
+        return cand, search
+
+    # one job runs in this thread, so that Ctrl-C stops it at once
+    with one_thread(), ThreadPoolExecutor(jobs) if jobs > 1 else nullcontext() as pool:
+        run = pool.map if pool is not None else map
         for layer in sorted({c[0] for c in candidates}):
-            todo = sorted(c for c in candidates if c[0] == layer)
-            if jobs <= 1:
-                for cand in todo:
-                    one(cand)
-            else:
-                with ThreadPoolExecutor(jobs) as pool:
-                    list(pool.map(one, todo))
+            todo: list[tuple[Candidate, CandidateSearch | None]] = [
+                (c, None) for c in sorted(c for c in candidates if c[0] == layer) if still_open(c)
+            ]
+            end = min(deadline, time.monotonic() + budget * len(todo))
+            share = budget
+            while todo:
+                now = time.monotonic()
+                if now >= end:  # the layer's share is spent before these got a turn
+                    for cand, search in todo:
+                        out = search.advance(now) if search else None
+                        if out is not None:
+                            finish(cand, out)
+                        elif still_open(cand):
+                            if give_up:
+                                evidence.give_up(cand[0], [cand[1]], "time limit")
+                            stats.undecided += 1
+                    break
+                parallel = min(max(1, jobs), len(todo))
+                share = min(share, max(MIN_SLICE, (end - now) * parallel / len(todo)))
+                until = min(end, now + share)
+                turns = list(run(lambda item, u=until, e=end: turn(*item, u, e), todo))
+                todo = [item for item in turns if item is not None]
+                share = float("inf")
+                if todo:
+                    progress(
+                        f"  bab layer {layer + 1}: {len(todo)} candidates go on, "
+                        f"{end - time.monotonic():.0f} s of the layer's share left"
+                    )
     return stats
 
 

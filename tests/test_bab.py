@@ -14,7 +14,7 @@ import pytest
 import torch
 from oracle import milp_extremes, random_net
 
-from exactcompress.bab import prove_candidate, run_bab
+from exactcompress.bab import CandidateSearch, prove_candidate, run_bab
 from exactcompress.bounds import interval_bounds
 from exactcompress.domain import Box
 from exactcompress.network import ReLUNetwork
@@ -112,6 +112,48 @@ def test_run_bab_records_proofs_with_its_decider():
             assert gmax <= 1e-7 and evidence.decider[1][j] == "bab"
         if evidence.proved_active[1][j]:
             assert gmin >= -1e-7 and evidence.decider[1][j] == "bab"
+
+
+def test_a_search_resumed_in_short_turns_decides_like_the_oracle():
+    """CandidateSearch.advance in 50 ms turns: each turn goes on from the open
+    subdomains, and what it ends with agrees with the oracle."""
+    net, box = _net(2, (3, 10, 10, 8, 2))
+    bounds = interval_bounds(net, box)
+    turns_taken = 0
+    for j in range(8):
+        gmin, gmax = _truth(net, box, 2, j)
+        for side in ("pos", "neg"):
+            evidence = NeuronEvidence(net, box)
+            search = CandidateSearch(evidence, bounds, (2, j, side), CPU, print)
+            out, turns = search.advance(time.monotonic() + 0.05), 1
+            while out.status == "timeout" and turns < 400:
+                domains = out.domains
+                out, turns = search.advance(time.monotonic() + 0.05), turns + 1
+                assert out.domains >= domains  # went on, did not start again
+            turns_taken += turns
+            _check(out, evidence, side, gmin, gmax, 2, j)
+            assert search.advance(time.monotonic() + 1) is out or out.status == "timeout"
+    assert turns_taken > 16  # some searches needed several turns
+
+
+def test_run_bab_shares_a_layer_budget_and_records_each_candidate_once():
+    """A budget far below what the candidates need: every candidate is recorded once,
+    and its proofs still agree with the oracle."""
+    net, box = _net(4, (3, 12, 12, 10, 2))
+    bounds = interval_bounds(net, box)
+    evidence = NeuronEvidence(net, box)
+    cands = [(2, j, side) for j in range(10) for side in ("pos", "neg")]
+    said: list[str] = []
+    stats = run_bab(evidence, bounds, cands, time.monotonic() + 60, said.append, "cpu", budget=0.05)
+    keys = [(o["layer"], o["neuron"], o["side"]) for o in stats.outcomes]
+    assert len(keys) == len(set(keys))
+    assert stats.proved + stats.refuted + stats.undecided <= len(cands)
+    for j in range(10):
+        gmin, gmax = _truth(net, box, 2, j)
+        if evidence.proved_inactive[2][j]:
+            assert gmax <= 1e-7
+        if evidence.proved_active[2][j]:
+            assert gmin >= -1e-7
 
 
 @pytest.mark.parametrize("prover", ["bab", "auto", "milp"])
