@@ -215,7 +215,8 @@ class _BackSubstitution:
             mass = d.abs() @ r.mass + const.abs() + lifted
             err = err + 2 * (w.shape[0] + 4) * EPS64 * mass + 1e-300
             const = const + lifted + d @ b
-            coef = d @ w
+            # a sparse layer: torch multiplies a column-major dense matrix by it ~8x faster
+            coef = d.t().contiguous().t() @ w if w.is_sparse else d @ w
         value = coef.clamp_min(0) @ self.hi + coef.clamp_max(0) @ self.lo + const
         mass = coef.abs() @ self.box_mag() + const.abs()
         return value + err + 2 * (coef.shape[1] + 4) * EPS64 * mass + 1e-300

@@ -20,6 +20,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import scipy.sparse as sp
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .errors import ExactCompressError
@@ -189,6 +190,19 @@ def conv_matrix(
     r, q, v = (np.concatenate([a.reshape(-1) for a in xs]) for xs in (rows, cols, vals))
     keep = v != 0
     return sp.csr_matrix((v[keep], (r[keep], q[keep])), shape=(co * ho * wo, ci * h * w))
+
+
+def apply_conv(spec: ConvSpec, h: np.ndarray, absolute: bool = False) -> np.ndarray:
+    """The layer's linear map (no bias) on a batch of flat inputs, in float64 torch:
+    pool, then conv2d with the kernel (its absolute value when ``absolute``)."""
+    t = torch.from_numpy(np.ascontiguousarray(h)).reshape(-1, *spec.in_shape)
+    if spec.pool is not None:
+        p = spec.pool
+        t = F.avg_pool2d(t, p.kernel, p.stride, p.padding, count_include_pad=p.count_include_pad)
+    kernel = torch.from_numpy(np.abs(spec.kernel) if absolute else spec.kernel)
+    with torch.no_grad():
+        out = F.conv2d(t, kernel, None, spec.stride, spec.padding, spec.dilation)
+    return out.reshape(t.shape[0], -1).numpy()
 
 
 # ---- reading torch modules ---------------------------------------------------------

@@ -116,8 +116,8 @@ class ReLUNetwork:
         """Pre-activations g_l of every hidden layer for a batch x of shape (m, n0)."""
         h = np.atleast_2d(np.asarray(x, dtype=np.float64))
         out = []
-        for w, b in zip(self.weights[:-1], self.biases[:-1]):
-            g = h @ w.T + b
+        for i, b in enumerate(self.biases[:-1]):
+            g = self._times(i, h) + b
             out.append(g)
             h = np.maximum(g, 0.0)
         return out
@@ -136,12 +136,12 @@ class ReLUNetwork:
         err = np.zeros_like(h)
         gs, errs = [], []
         eps = float(np.finfo(np.float64).eps)
-        for w, b in zip(self.weights[:-1], self.biases[:-1]):
-            g = h @ w.T + b
+        for i, (w, b) in enumerate(zip(self.weights[:-1], self.biases[:-1])):
+            g = self._times(i, h) + b
             n = w.shape[1]
             gamma = 2.0 * (n + 2) * eps
             # gamma (|h| |W|^T + |b|) + err |W|^T, as one product
-            e = (gamma * np.abs(h) + err) @ np.abs(w).T + gamma * np.abs(b)
+            e = self._times(i, gamma * np.abs(h) + err, absolute=True) + gamma * np.abs(b)
             e *= 1 + 2 * gamma  # the rounding of this bound itself
             e += (n + 1) * 1e-300  # underflow of the products
             gs.append(g)
@@ -152,9 +152,22 @@ class ReLUNetwork:
     def forward(self, x: np.ndarray) -> np.ndarray:
         """Output of the network for a batch x of shape (m, n0), in float64."""
         h = np.atleast_2d(np.asarray(x, dtype=np.float64))
-        for w, b in zip(self.weights[:-1], self.biases[:-1]):
-            h = np.maximum(h @ w.T + b, 0.0)
+        for i, b in enumerate(self.biases[:-1]):
+            h = np.maximum(self._times(i, h) + b, 0.0)
         return h @ self.weights[-1].T + self.biases[-1]
+
+    def _times(self, layer: int, h: np.ndarray, absolute: bool = False) -> np.ndarray:
+        """h @ W.T (|W| when ``absolute``): a convolution runs as torch's conv2d (and
+        avg_pool2d), far faster than the unrolled sparse matrix. Any summation order
+        is within the rounding bound of ``preactivations_with_error``; with a pool,
+        |kernel| conv2d of the pooled |h| bounds |K P| |h| since P >= 0."""
+        spec = None if self.convs is None else self.convs[layer]
+        if spec is None:
+            w = self.weights[layer]
+            return h @ (abs(w) if absolute else w).T
+        from .conv import apply_conv
+
+        return apply_conv(spec, h, absolute)
 
     def to_torch(self, dtype: torch.dtype = torch.float32) -> nn.Sequential:
         """nn.Sequential(Linear, ReLU, ..., Linear) with these weights (conv.to_sequential
