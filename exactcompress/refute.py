@@ -128,7 +128,8 @@ def _objective(
     """sign * g of each row's own neuron (weights ``target``), with leaky ReLU gradients."""
     h = x
     for w, b in hidden:
-        g = h @ w.T + b if w.is_sparse else torch.addmm(b, h, w.T)
+        # a sparse layer: torch multiplies a column-major dense matrix by it ~5x faster
+        g = h.t().contiguous().t() @ w.T + b if w.is_sparse else torch.addmm(b, h, w.T)
         neg = g.clamp_max(0)
         h = g.clamp_min(0) + LEAK * (neg - neg.detach())
     w, b = target
