@@ -400,7 +400,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("stability", help="classify every hidden neuron over the domain")
     add_stability_options(p)
-    p.add_argument("--json", default=None, help="write stability.json here")
+    p.add_argument(
+        "-o", "--json", "--output", dest="json", default=None, help="write stability.json here"
+    )
     p.add_argument(
         "--export-vnnlib",
         default=None,

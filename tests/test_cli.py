@@ -34,7 +34,7 @@ def run_error(capsys, argv):
 
 def test_stability_then_prune_then_compress(tmp_path, model_file, capsys):
     js = tmp_path / "s.json"
-    assert main(["stability", str(model_file), "--json", str(js), "--samples", "500"]) == 0
+    assert main(["stability", str(model_file), "-o", str(js), "--samples", "500"]) == 0
     data = json.loads(js.read_text())
     assert data["widths"] == [4, 12, 12, 3] and data["complete"]
     out = tmp_path / "small.pt"
