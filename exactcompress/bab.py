@@ -725,12 +725,13 @@ def run_bab(
                 f"{stats.refuted} refuted"
             )
 
-    def turn(cand: Candidate, search: CandidateSearch | None, until: float, end: float):
-        """One turn of one candidate; returns its search while it stays open."""
+    def turn(cand: Candidate, search: CandidateSearch | None, share: float, end: float):
+        """One turn of one candidate, ``share`` seconds from when it starts (turns run one
+        after another, or ``jobs`` at a time); returns its search while it stays open."""
         if not still_open(cand):
             return None  # refuted by another candidate's witness meanwhile
         search = search or CandidateSearch(evidence, bounds, cand, dev, progress, stall=not give_up)
-        out = search.advance(until)
+        out = search.advance(min(end, time.monotonic() + share))
         if out.status != "timeout" or time.monotonic() >= end:
             finish(cand, out)
             return None
@@ -759,8 +760,7 @@ def run_bab(
                     break
                 parallel = min(max(1, jobs), len(todo))
                 share = min(share, max(MIN_SLICE, (end - now) * parallel / len(todo)))
-                until = min(end, now + share)
-                turns = list(run(lambda item, u=until, e=end: turn(*item, u, e), todo))
+                turns = list(run(lambda item, s=share, e=end: turn(*item, s, e), todo))
                 todo = [item for item in turns if item is not None]
                 share = float("inf")
                 if todo:

@@ -14,7 +14,8 @@ import pytest
 import torch
 from oracle import milp_extremes, random_net
 
-from exactcompress.bab import CandidateSearch, prove_candidate, run_bab
+from exactcompress import bab
+from exactcompress.bab import CandidateOutcome, CandidateSearch, prove_candidate, run_bab
 from exactcompress.bounds import interval_bounds
 from exactcompress.domain import Box
 from exactcompress.network import ReLUNetwork
@@ -154,6 +155,38 @@ def test_run_bab_shares_a_layer_budget_and_records_each_candidate_once():
             assert gmax <= 1e-7
         if evidence.proved_active[2][j]:
             assert gmin >= -1e-7
+
+
+class _ScriptedSearch:
+    """Stands in for CandidateSearch: neuron 0 never closes (each turn runs to its
+    deadline); the others need 0.1 s of work in all, in turns of any length."""
+
+    def __init__(self, evidence, bounds, cand, device, progress, stall=False) -> None:
+        self.cand, self.worked = cand, 0.0
+
+    def advance(self, until: float) -> CandidateOutcome:
+        start = time.monotonic()
+        hard = self.cand[1] == 0
+        left = float("inf") if hard else 0.1 - self.worked
+        time.sleep(max(0.0, min(left, until - start)))
+        self.worked += time.monotonic() - start
+        status = "proved" if not hard and self.worked >= 0.1 else "timeout"
+        return CandidateOutcome(status, -1.0 if status == "proved" else 1.0, 1, 0, self.worked)
+
+
+def test_run_bab_turns_do_not_starve_the_candidates_after_a_hard_one(monkeypatch):
+    """Serial turns: a candidate that uses its whole share must not eat the turns of
+    the ones after it, and the hard one gets the time the easy ones leave."""
+    monkeypatch.setattr(bab, "CandidateSearch", _ScriptedSearch)
+    monkeypatch.setattr(bab, "with_crown", lambda net, box, bounds, dev: bounds)
+    net, box = _net(4, (3, 12, 12, 10, 2))
+    evidence = NeuronEvidence(net, box)
+    cands = [(2, j, "pos") for j in range(5)]
+    stats = run_bab(evidence, None, cands, time.monotonic() + 60, print, "cpu", budget=0.3)
+    status = {o["neuron"]: o["status"] for o in stats.outcomes}
+    assert status == {0: "timeout", 1: "proved", 2: "proved", 3: "proved", 4: "proved"}
+    hard = next(o for o in stats.outcomes if o["neuron"] == 0)
+    assert hard["seconds"] > 0.3 + 3 * 0.1  # its own share, then what the others left
 
 
 @pytest.mark.parametrize("prover", ["bab", "auto", "milp"])
