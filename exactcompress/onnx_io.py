@@ -132,7 +132,7 @@ def read_model(model) -> tuple[ReLUNetwork, dict]:
         "output": output,
         "producer": f"{model.producer_name} {model.producer_version}".strip(),
     }
-    return result.network(), meta
+    return conv_onnx.network_of(result), meta
 
 
 def _constant(array: np.ndarray) -> np.ndarray:
@@ -435,3 +435,6 @@ def onnx_runner(model: str | os.PathLike | bytes) -> Callable[[np.ndarray], np.n
         return np.concatenate(out).reshape(len(x), -1).astype(np.float64)
 
     return run
+
+
+from . import conv_onnx  # noqa: E402  registers Conv, BatchNormalization, AveragePool

@@ -291,3 +291,44 @@ def test_bench_row_has_parameters_and_channels_removed():
     assert row["parameters_after"] < row["parameters_before"] == net.n_parameters
     assert float(row["channels_removed_pct"]) > 0
     assert {m.dataset for m in conv_suite()} == {"digits28", "digits-rgb32"}
+
+
+def _onnx_of(module: nn.Module, shape) -> object:
+    import io
+
+    onnx = pytest.importorskip("onnx")
+    buf = io.BytesIO()
+    torch.onnx.export(
+        module,
+        torch.zeros(1, *shape, dtype=torch.float64),
+        buf,
+        dynamo=False,
+        do_constant_folding=False,
+        training=torch.onnx.TrainingMode.PRESERVE,  # keeps BatchNormalization nodes
+    )
+    return onnx.load_from_string(buf.getvalue())
+
+
+@pytest.mark.parametrize("name", ["batchnorm", "avgpool", "stride-pad-dilation"])
+def test_onnx_conv_batchnorm_averagepool_read_and_compressed(name):
+    from exactcompress.onnx_io import read_model
+
+    module, shape, _ = _variant(name)
+    model = _onnx_of(module, shape)
+    ops = {n.op_type for n in model.graph.node}
+    assert "Conv" in ops and ops & {"BatchNormalization", "AveragePool", "Gemm"}
+    net, _ = read_model(model)
+    x = np.random.default_rng(3).random((50, net.widths[0]))
+    assert np.abs(net.forward(x) - _flat_torch(module, shape, x)).max() <= 1e-12
+    result = compress(net)
+    assert result.verification.ok
+    assert sum(c["inactive_channels_removed"] for c in result.summary.channels) >= 1
+
+
+def test_onnx_grouped_conv_is_refused_in_one_line():
+    from exactcompress.onnx_io import read_model
+
+    module = nn.Sequential(nn.Conv2d(2, 2, 3, groups=2), nn.ReLU(), nn.Flatten(), nn.Linear(32, 2))
+    with pytest.raises(ExactCompressError) as err:
+        read_model(_onnx_of(module.double(), (2, 6, 6)))
+    assert "group=2" in str(err.value) and "\n" not in str(err.value)
