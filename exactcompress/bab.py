@@ -763,7 +763,7 @@ def run_bab(
                 turns = list(run(lambda item, s=share, e=end: turn(*item, s, e), todo))
                 todo = [item for item in turns if item is not None]
                 share = float("inf")
-                if todo:
+                if todo and time.monotonic() < end:
                     progress(
                         f"  bab layer {layer + 1}: {len(todo)} candidates go on, "
                         f"{end - time.monotonic():.0f} s of the layer's share left"
