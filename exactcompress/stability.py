@@ -218,8 +218,8 @@ def _prove_from_bounds(evidence: NeuronEvidence, bounds: LayerBounds, stage: str
 
 def _lp_stage(ctx: Context) -> None:
     evidence, options = ctx.evidence, ctx.options
-    if options.tighten != "lp" or evidence.n_open() == 0:
-        return
+    if options.tighten != "lp" or evidence.n_open() == 0 or not evidence.net.is_dense:
+        return  # convolutions (sparse layers): the LP relaxation is built from dense rows
     ctx.bounds, ctx.stats["lp"] = lp_tighten(
         evidence, ctx.bounds, cheap_bounds(options), ctx.deadline, options.device, ctx.say
     )
