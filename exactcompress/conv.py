@@ -15,6 +15,7 @@ weight; torch runs the same map in another order, within verification's toleranc
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -192,17 +193,29 @@ def conv_matrix(
     return sp.csr_matrix((v[keep], (r[keep], q[keep])), shape=(co * ho * wo, ci * h * w))
 
 
-def apply_conv(spec: ConvSpec, h: np.ndarray, absolute: bool = False) -> np.ndarray:
-    """The layer's linear map (no bias) on a batch of flat inputs, in float64 torch:
-    pool, then conv2d with the kernel (its absolute value when ``absolute``)."""
-    t = torch.from_numpy(np.ascontiguousarray(h)).reshape(-1, *spec.in_shape)
+def _run_conv(spec: ConvSpec, h: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+    """Pool, then conv2d (no bias), on a batch of flat inputs; flat outputs."""
+    t = h.reshape(-1, *spec.in_shape)
     if spec.pool is not None:
         p = spec.pool
         t = F.avg_pool2d(t, p.kernel, p.stride, p.padding, count_include_pad=p.count_include_pad)
+    out = F.conv2d(t, kernel, None, spec.stride, spec.padding, spec.dilation)
+    return out.reshape(h.shape[0], -1)
+
+
+def apply_conv(spec: ConvSpec, h: np.ndarray, absolute: bool = False) -> np.ndarray:
+    """The layer's linear map (no bias) on a batch of flat float64 inputs (the kernel's
+    absolute value when ``absolute``)."""
     kernel = torch.from_numpy(np.abs(spec.kernel) if absolute else spec.kernel)
     with torch.no_grad():
-        out = F.conv2d(t, kernel, None, spec.stride, spec.padding, spec.dilation)
-    return out.reshape(t.shape[0], -1).numpy()
+        return _run_conv(spec, torch.from_numpy(np.ascontiguousarray(h)), kernel).numpy()
+
+
+def torch_map(spec: ConvSpec, device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The layer's linear map (no bias) on float64 torch tensors, differentiable: for
+    the gradient witness search, far faster than the unrolled sparse matrix."""
+    kernel = torch.from_numpy(spec.kernel).to(device)
+    return lambda h: _run_conv(spec, h, kernel)
 
 
 # ---- reading torch modules ---------------------------------------------------------

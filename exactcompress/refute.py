@@ -9,15 +9,20 @@ the check looks at, so "flipped" here means flipped there (up to summation order
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import scipy.sparse as sp
 import torch
 
 from .bounds import pick_device
+from .conv import torch_map
 from .domain import Box
 from .network import ReLUNetwork
 
 LEAK = 0.01
+#: a hidden layer's weights, or for a convolution the torch function applying them
+Layer = torch.Tensor | Callable[[torch.Tensor], torch.Tensor]
 
 
 def sampling_points(
@@ -77,6 +82,7 @@ def gradient_search(
     if starts.shape[0] == 0:
         starts = ((box.lo + box.hi) / 2)[None]
     params = net.tensors(dev)
+    hidden = [(_conv_map(net, k, dev) or w, b) for k, (w, b) in enumerate(params)]
     bounds = tuple(torch.from_numpy(v).to(dev) for v in (box.lo, box.hi))
     pre = net.preactivations(starts)
     found = [np.empty((0, box.dim))]
@@ -93,7 +99,7 @@ def gradient_search(
             own = torch.from_numpy(neurons[chunk // k]).to(dev)
             w_own = w.index_select(0, own).to_dense() if w.is_sparse else w[own]
             end = _ascend(
-                params[:layer],
+                hidden[:layer],
                 torch.from_numpy(starts[picks.reshape(-1)[chunk]]).to(dev),
                 (w_own, b[own]),
                 torch.from_numpy(signs[chunk // k]).to(dev),
@@ -103,6 +109,12 @@ def gradient_search(
             )
             found.append(box.clip(end.cpu().numpy()))
     return np.concatenate(found)
+
+
+def _conv_map(net: ReLUNetwork, layer: int, dev: torch.device):
+    """torch conv2d for a convolution layer (None for a dense one)."""
+    spec = None if net.convs is None else net.convs[layer]
+    return None if spec is None else torch_map(spec, dev)
 
 
 def _targets(pos: np.ndarray, neg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -120,7 +132,7 @@ def _best_starts(scores: np.ndarray, k: int) -> np.ndarray:
 
 
 def _objective(
-    hidden: list[tuple[torch.Tensor, torch.Tensor]],
+    hidden: list[tuple[Layer, torch.Tensor]],
     x: torch.Tensor,
     target: tuple[torch.Tensor, torch.Tensor],
     signs: torch.Tensor,
@@ -128,8 +140,12 @@ def _objective(
     """sign * g of each row's own neuron (weights ``target``), with leaky ReLU gradients."""
     h = x
     for w, b in hidden:
-        # a sparse layer: torch multiplies a column-major dense matrix by it ~5x faster
-        g = h.t().contiguous().t() @ w.T + b if w.is_sparse else torch.addmm(b, h, w.T)
+        if callable(w):  # a convolution: conv2d
+            g = w(h) + b
+        elif w.is_sparse:  # torch multiplies a column-major dense matrix by it ~5x faster
+            g = h.t().contiguous().t() @ w.T + b
+        else:
+            g = torch.addmm(b, h, w.T)
         neg = g.clamp_max(0)
         h = g.clamp_min(0) + LEAK * (neg - neg.detach())
     w, b = target
@@ -137,7 +153,7 @@ def _objective(
 
 
 def _ascend(
-    hidden: list[tuple[torch.Tensor, torch.Tensor]],
+    hidden: list[tuple[Layer, torch.Tensor]],
     x: torch.Tensor,
     target: tuple[torch.Tensor, torch.Tensor],
     signs: torch.Tensor,
