@@ -9,6 +9,7 @@ the check looks at, so "flipped" here means flipped there (up to summation order
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 import numpy as np
@@ -66,6 +67,7 @@ def gradient_search(
     device: str | torch.device | None = None,
     batch_limit: int = 4096,
     starts_per_candidate: int = 2,
+    deadline: float = float("inf"),
 ) -> np.ndarray:
     """Projected sign-gradient ascent (PGD) of +g (``to_push_pos[l]``) or -g (``to_push_neg[l]``).
 
@@ -75,7 +77,8 @@ def gradient_search(
     once its neuron is strictly on the other side. Inactive ReLUs pass a small gradient
     (LEAK) so that a deep neuron is not stuck behind neurons that are off at the start.
     Returns the final point of every trajectory (one row per candidate and start, layer
-    by layer, pushed-up neurons first); all points are in the box.
+    by layer, pushed-up neurons first); all points are in the box. At ``deadline``
+    (time.monotonic()) it stops between two batches and returns what it has.
     """
     dev = pick_device(device)
     starts = box.clip(np.atleast_2d(np.asarray(starts, dtype=np.float64)))
@@ -96,6 +99,8 @@ def gradient_search(
         rows = np.arange(neurons.size * k)
         limit = batch_limit if net.is_dense else max(1, min(batch_limit, 2**24 // max(net.widths)))
         for chunk in np.array_split(rows, -(-rows.size // limit)):
+            if time.monotonic() >= deadline:
+                return np.concatenate(found)
             own = torch.from_numpy(neurons[chunk // k]).to(dev)
             w_own = w.index_select(0, own).to_dense() if w.is_sparse else w[own]
             end = _ascend(

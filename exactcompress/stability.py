@@ -344,7 +344,13 @@ def _witness_stage(ctx: Context) -> None:
     push_neg = [evidence.open_active(layer) for layer in range(net.n_hidden)]
     if sum(len(p) for p in push_pos + push_neg):
         found = refute.gradient_search(
-            net, box, push_pos, push_neg, np.concatenate(starts), device=options.device
+            net,
+            box,
+            push_pos,
+            push_neg,
+            np.concatenate(starts),
+            device=options.device,
+            deadline=ctx.deadline,
         )
         evidence.observe(found, "witness")
 

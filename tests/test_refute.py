@@ -113,6 +113,22 @@ def test_gradient_search_chunks_give_the_same_points():
     np.testing.assert_allclose(whole, chunked, rtol=0, atol=1e-12)
 
 
+def test_gradient_search_stops_at_its_deadline_with_what_it_has(monkeypatch):
+    """A deadline reached after the first batch: the points of that batch come back,
+    the rest is not searched (the witness stage keeps to the time limit)."""
+    import exactcompress.refute as refute
+
+    net = random_net([5, 20, 20, 1], seed=4)
+    box = Box.uniform(5, -1.0, 1.0)
+    starts = box.sample(32, np.random.default_rng(5))
+    cands = [np.arange(20), np.arange(20)]
+    clock = iter([0.0, 10.0])  # first check before the deadline, every later one after
+    monkeypatch.setattr(refute.time, "monotonic", lambda: next(clock, 10.0))
+    pts = gradient_search(net, box, cands, cands, starts, batch_limit=7, deadline=5.0)
+    assert len(pts) == 7 and box.contains(pts).all()
+    assert gradient_search(net, box, cands, cands, starts, deadline=0.0).shape == (0, 5)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cpu_and_cuda_find_the_needles_alike():
     net, box = needle_net(), Box.uniform(10)
