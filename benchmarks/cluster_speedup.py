@@ -1,0 +1,55 @@
+"""Exact-stage seconds in process, on a 1-worker and on a 2-worker local Dask cluster,
+side by side in one run (benchmarks/README.md, *On a cluster*).
+
+The clusters are started before the runs, as a user's long-lived ``dask scheduler``
+would be, so their start is not counted; "exact" is the report's bab + milp seconds.
+Usage: ``python -m benchmarks.cluster_speedup MODEL.pt [MODEL.pt ...]`` (the hard
+suite's cached models, e.g. ``bench-results/models/digits28_2x800_l1-0.0002_s0_e40.pt``).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from exactcompress.cli import load_data
+from exactcompress.io import load_model_file
+from exactcompress.stability import StabilityOptions, find_stable_neurons
+
+
+def exact_seconds(path: Path, scheduler: str | None) -> tuple[float, str]:
+    """bab + milp seconds of one run, and its states (to check that runs agree)."""
+    net, _ = load_model_file(path)
+    data = load_data("digits-rgb32" if "rgb32" in path.name else "digits28", None, net.widths[0])
+    options = StabilityOptions(time_limit=300, solver="highs", scheduler=scheduler)
+    report = find_stable_neurons(net, data=data, options=options)
+    seconds = report.seconds.get("bab", 0.0) + report.seconds.get("milp", 0.0)
+    return seconds, json.dumps(report.to_json()["layers"], sort_keys=True)
+
+
+def main(paths: list[str]) -> None:
+    from distributed import LocalCluster
+
+    clusters = {
+        n: LocalCluster(n_workers=n, threads_per_worker=1, dashboard_address=None, host="127.0.0.1")
+        for n in (1, 2)
+    }
+    print("model | in process s | 1 worker s | 2 workers s | 1 worker / 2 workers | same states")
+    try:
+        for path in map(Path, paths):
+            runs = [exact_seconds(path, None)]
+            runs += [exact_seconds(path, clusters[n].scheduler_address) for n in (1, 2)]
+            (s0, states), (s1, _), (s2, _) = runs
+            same = all(r[1] == states for r in runs)
+            print(
+                f"{path.stem} | {s0:.2f} | {s1:.2f} | {s2:.2f} | {s1 / s2:.2f}x | {same}",
+                flush=True,
+            )
+    finally:
+        for cluster in clusters.values():
+            cluster.close()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
