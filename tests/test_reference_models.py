@@ -70,6 +70,7 @@ def assert_nothing_left_to_remove(net, report):
     assert verify(net, small, Box.uniform(net.widths[0])).ok
 
 
+@pytest.mark.slow  # ~50 s each: run with -m slow
 def test_cifar10_pruned_paper_configuration_agrees_with_full_pipeline():
     """The paper's route (interval big-M, MILP for every open neuron, here the neuron
     formulation on HiGHS) reaches the same states as CROWN + witnesses."""
@@ -88,6 +89,7 @@ def test_cifar10_pruned_paper_configuration_agrees_with_full_pipeline():
     assert all((a == b).all() for a, b in zip(full.states, paper.states))
 
 
+@pytest.mark.slow  # ~50 s each: run with -m slow
 def test_cifar10_vnnlib_exports_match_the_forward_pass(tmp_path):
     """Issue 10's acceptance: the VNN-LIB exports of the CIFAR-10 model's exact-stage
     candidates parse back, and their ONNX networks give the float64 pre-activations to
