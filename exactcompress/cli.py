@@ -240,6 +240,11 @@ def cmd_compress(args: argparse.Namespace) -> int:
         from .onnx_io import require_onnx
 
         require_onnx("--onnx")
+        if not net.is_dense:  # said before the work, not after it
+            raise ExactCompressError(
+                "--onnx: ONNX export of convolution layers is not supported yet; "
+                "run without --onnx (compressed.pt holds the compressed network)"
+            )
     result = compress(net, box, data, options_from(args), say)
     written = "stability.json, compressed.pt, report.md"
     if args.onnx:

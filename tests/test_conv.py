@@ -252,6 +252,16 @@ def test_unsupported_layers_give_one_line_error(layer):
     assert type(layer).__name__ in str(err.value) or "groups" in str(err.value)
 
 
+def test_compress_onnx_of_a_conv_net_is_refused_before_the_work(tmp_path, capsys):
+    module, shape, _ = _variant("plain")
+    save_model(tmp_path / "m.pt", load_network(module, input_shape=shape), {})
+    out = tmp_path / "out"
+    assert main(["compress", str(tmp_path / "m.pt"), "-o", str(out), "--onnx"]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "convolution layers" in err[0]  # no stage ran before it
+    assert not any(out.iterdir())  # nothing computed, nothing written
+
+
 def test_conv_state_dict_without_architecture_exits_nonzero(tmp_path, capsys):
     module = nn.Sequential(nn.Conv2d(2, 2, 3, groups=2), nn.ReLU(), nn.Flatten(), nn.Linear(32, 2))
     torch.save(module.state_dict(), tmp_path / "m.pt")
