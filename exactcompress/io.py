@@ -217,14 +217,7 @@ def _from_model_dict(obj: Mapping) -> tuple[ReLUNetwork, dict]:
         exact = _from_state_dict(obj["state_dict64"])
         _check_same_rounding(exact, net)
         net = exact
-    if "widths" in obj and list(obj["widths"]) != net.widths:
-        raise ExactCompressError(
-            f"model file says widths {list(obj['widths'])} but its weights give {net.widths}"
-        )
-    meta = obj.get("meta") or {}
-    if not isinstance(meta, Mapping):
-        raise ExactCompressError(f"model meta is a {type(meta).__name__}, not a dict")
-    return net, dict(meta)
+    return net, _checked_meta(obj, net)
 
 
 def _from_conv_model_dict(obj: Mapping) -> tuple[ReLUNetwork, dict]:
@@ -236,6 +229,11 @@ def _from_conv_model_dict(obj: Mapping) -> tuple[ReLUNetwork, dict]:
         raise ExactCompressError(
             "state_dict and state_dict64 hold different weights (was one edited?)"
         )
+    return net, _checked_meta(obj, net)
+
+
+def _checked_meta(obj: Mapping, net: ReLUNetwork) -> dict:
+    """The file's meta, once its stated widths agree with the weights read."""
     if "widths" in obj and list(obj["widths"]) != net.widths:
         raise ExactCompressError(
             f"model file says widths {list(obj['widths'])} but its weights give {net.widths}"
@@ -243,7 +241,7 @@ def _from_conv_model_dict(obj: Mapping) -> tuple[ReLUNetwork, dict]:
     meta = obj.get("meta") or {}
     if not isinstance(meta, Mapping):
         raise ExactCompressError(f"model meta is a {type(meta).__name__}, not a dict")
-    return net, dict(meta)
+    return dict(meta)
 
 
 def _check_same_rounding(exact: ReLUNetwork, rounded: ReLUNetwork) -> None:
