@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -388,9 +388,13 @@ class CandidateProver:
     def _split(self, dom: _Domains, flat: torch.Tensor, direction: int) -> _Domains:
         """Copies of ``dom`` with neuron ``flat`` (an index into the concatenated layers,
         one per subdomain) split in ``direction``, its multiplier starting at 0."""
-        child = dom.take(torch.arange(len(dom), device=self.dev))
-        child.split = [s.clone() for s in child.split]
-        child.beta = [b.clone() for b in child.beta]
+        # only splits and multipliers change; the rest is shared (never written in place)
+        child = replace(
+            dom,
+            split=[s.clone() for s in dom.split],
+            beta=[b.clone() for b in dom.beta],
+            depth=dom.depth + 1,
+        )
         offset = 0
         for k in range(self.layer):
             n = child.split[k].shape[1]
@@ -399,7 +403,6 @@ class CandidateProver:
                 child.split[k][rows, flat[rows] - offset] = direction
                 child.beta[k][rows, flat[rows] - offset] = 0.0
             offset += n
-        child.depth = child.depth + 1
         return child
 
     def _quick_bound(self, dom: _Domains) -> torch.Tensor:
