@@ -546,6 +546,9 @@ class CandidateSearch:
         status, bound = self._run(deadline, start)
         self.seconds += time.monotonic() - start
         out = CandidateOutcome(status, bound, self.domains, self.depth, self.seconds)
+        if status not in ("proved", "refuted"):
+            layer, j, side = self.cand
+            self.evidence.reach(layer, j, side, bound, STAGE)
         if status != "timeout":
             self.outcome = out
         return out

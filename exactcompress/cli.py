@@ -205,6 +205,13 @@ def print_counts(report) -> None:
             f"{c['stably_inactive']} stably inactive, {c['unstable']} unstable, "
             f"{c['undecided']} undecided"
         )
+    for cand in report.candidates:
+        for e in cand.extremes:
+            seen = "nothing seen" if e["seen"] is None else f"seen {e['seen']:.4g}"
+            print(
+                f"undecided: layer {cand.layer} neuron {cand.neuron}: {e['extreme']} g "
+                f"between {seen} and bound {e['bound']:.4g} ({e['bound_by']})"
+            )
     print(f"complete: {str(report.complete).lower()}, {report.seconds.get('total', 0):.2f} s")
 
 

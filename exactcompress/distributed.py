@@ -180,6 +180,7 @@ class TaskResult:
     notes: dict[tuple[int, int], str]  # given up, and why
     g_max: list[np.ndarray]
     g_min: list[np.ndarray]
+    reached: dict = field(default_factory=dict)  # NeuronEvidence.reached
     outcome: CandidateOutcome | None = None
     stats: dict = field(default_factory=dict)
     solver: str | None = None
@@ -218,7 +219,9 @@ class Snapshot:
                 notes[(layer, int(j))] = evidence.notes.get((layer, int(j)), "")
         dim = evidence.box.dim
         witnesses = np.array(list(points.values())) if points else np.empty((0, dim))
-        return TaskResult(witnesses, proofs, notes, evidence.g_max, evidence.g_min, **extra)
+        return TaskResult(
+            witnesses, proofs, notes, evidence.g_max, evidence.g_min, evidence.reached, **extra
+        )
 
 
 @dataclass(frozen=True)
@@ -260,6 +263,8 @@ def absorb(evidence: NeuronEvidence, result: TaskResult, stage: str) -> None:
     for layer, (hi, lo) in enumerate(zip(result.g_max, result.g_min)):
         np.maximum(evidence.g_max[layer], hi, out=evidence.g_max[layer])
         np.minimum(evidence.g_min[layer], lo, out=evidence.g_min[layer])
+    for (layer, j, side), (bound, by) in result.reached.items():
+        evidence.reach(layer, j, side, bound, by)
     for layer, j, active in result.proofs:
         evidence.prove(layer, [j], active=active, stage=stage)
     for (layer, j), why in result.notes.items():

@@ -45,6 +45,10 @@ class NeuronEvidence:
     notes: dict[tuple[int, int], str] = field(default_factory=dict)
     #: solver proofs re-proved in sound arithmetic (--certify)
     certified: set[tuple[int, int]] = field(default_factory=set)
+    #: the best upper bound of s g a stage reached on an open question, by (layer,
+    #: neuron, side): side "pos" asks whether g > 0 somewhere (s = +1), "neg" whether
+    #: g < 0 (s = -1); -> (bound, stage). What an undecided neuron's report quotes.
+    reached: dict[tuple[int, int, str], tuple[float, str]] = field(default_factory=dict)
     #: observe, prove and give_up may be called from several threads (--jobs)
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
 
@@ -107,6 +111,15 @@ class NeuronEvidence:
         target[neurons] = True
         self.decider[layer][fresh] = stage
         self._check_consistent(layer)
+
+    def reach(self, layer: int, j: int, side: str, bound: float, stage: str) -> None:
+        """Keep ``bound`` (an upper bound of s g, see ``reached``) if it is the best yet."""
+        if not np.isfinite(bound):
+            return
+        with self.lock:
+            old = self.reached.get((layer, j, side))
+            if old is None or bound < old[0]:
+                self.reached[(layer, j, side)] = (float(bound), stage)
 
     def give_up(self, layer: int, neurons: np.ndarray, why: str) -> None:
         """Stop trying to decide these neurons (they stay undecided)."""

@@ -255,18 +255,20 @@ def run_neuron_strategy(
     stats["binaries"] = handle.n_binaries()
     solver = open_solver(handle)
     solver.load(handle)
-    timed_out = False
-    for cand in cands:
+    for i, cand in enumerate(cands):
         if is_refuted(evidence, cand):
             continue
-        status = decide_by_extreme(evidence, handle, solver, cand, deadline)
+        # an equal share of what is left: a hard first candidate cannot starve the rest,
+        # and what an easy one leaves goes to those after it
+        share = seconds_left(deadline) / (len(cands) - i)
+        status = decide_by_extreme(
+            evidence, handle, solver, cand, min(deadline, time.monotonic() + share)
+        )
         stats["solves"] += 1
-        if status in ("time_limit", "interrupted", "error"):
-            timed_out = True
+        if status in ("interrupted", "error"):
             break
-    if timed_out:
-        for layer, j, _ in open_candidates(evidence):
-            evidence.give_up(layer, [j], "time limit")
+    for layer, j, _ in open_candidates(evidence):
+        evidence.give_up(layer, [j], "time limit")
     progress(f"  neuron formulation: {stats['solves']} solves")
     return stats
 
@@ -292,6 +294,7 @@ def decide_by_extreme(
     outcome = solver.maximize(left, on_solution, stop_below=-FLIP_MARGIN, needs=SolveNeeds())
     if is_refuted(evidence, cand):
         return outcome.status
+    evidence.reach(layer, j, side, outcome.bound, STAGE)
     why = extreme_inconsistency(evidence, outcome, cand)
     if outcome.status in ("optimal", "stopped") and outcome.bound < -FLIP_MARGIN and why:
         evidence.give_up(layer, [j], why)
@@ -301,7 +304,8 @@ def decide_by_extreme(
     elif outcome.status == "optimal":
         evidence.give_up(layer, [j], "extreme within tolerance of 0, no witness")
     else:
-        evidence.give_up(layer, [j], outcome.status.replace("_", " "))
+        bound = f" (solver bound {outcome.bound:.3g})" if np.isfinite(outcome.bound) else ""
+        evidence.give_up(layer, [j], outcome.status.replace("_", " ") + bound)
     return outcome.status
 
 

@@ -48,6 +48,8 @@ class ExactCandidate:
     why: str
     outcome: str
     decided_by: str
+    #: undecided only: each open extreme of g, {extreme, seen, bound, bound_by}
+    extremes: tuple[dict, ...] = ()
 
     @classmethod
     def from_json(cls, d: dict) -> ExactCandidate:
@@ -61,6 +63,7 @@ class ExactCandidate:
             str(d.get("why", "")),
             str(d.get("outcome", UNDECIDED)),
             str(d.get("decided_by", "")),
+            tuple(d.get("extremes", ())),
         )
 
 
@@ -217,7 +220,32 @@ def milp_candidates_section(candidates: list[dict]) -> list[str]:
         "in 'never seen', so neither bounds nor sampling could decide these.",
         "",
     ]
-    return lines
+    return lines + undecided_section(candidates)
+
+
+def undecided_section(candidates: list[dict]) -> list[str]:
+    """Where each undecided neuron's open extreme lies: the gap the exact stage left."""
+    rows = [(c, e) for c in candidates for e in c.get("extremes", ())]
+    if not rows:
+        return []
+    lines = [
+        "## Undecided: where the open extremes lie",
+        "",
+        "Each open extreme of g lies between the most extreme value a point showed and the "
+        "best bound a stage reached (`milp`: the solver's bound, not a proof). A neuron is "
+        "decided once the bound crosses 0 (stable) or a point does (unstable).",
+        "",
+        "| layer | neuron | extreme | seen | bound | bound by | gap |",
+        "|---:|---:|---|---:|---:|---|---:|",
+    ]
+    for c, e in rows[:MAX_CANDIDATE_ROWS]:
+        seen = "-" if e["seen"] is None else f"{e['seen']:.4g}"
+        gap = "-" if e["seen"] is None else f"{abs(e['bound'] - e['seen']):.3g}"
+        lines.append(
+            f"| {c['layer']} | {c['neuron']} | {e['extreme']} g | {seen} | {e['bound']:.4g} | "
+            f"{e['bound_by']} | {gap} |"
+        )
+    return lines + [""]
 
 
 def render_report(result: CompressionResult, source: str = "") -> str:

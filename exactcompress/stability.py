@@ -21,7 +21,7 @@ from .bounds import METHODS, LayerBounds, compute_bounds, decide_from_bounds
 from .distributed import SERIAL, Executor, executor_for
 from .domain import Box
 from .errors import ExactCompressError
-from .evidence import NeuronEvidence
+from .evidence import UNDECIDED, NeuronEvidence
 from .exact import check_choice, open_candidates
 from .network import ReLUNetwork
 from .report import StabilityReport
@@ -152,8 +152,11 @@ def find_stable_neurons(
     seconds["total"] = time.monotonic() - start
     states = ctx.evidence.states()
     for cand in ctx.candidates:
-        cand["outcome"] = str(states[cand["layer"] - 1][cand["neuron"]])
-        cand["decided_by"] = str(ctx.evidence.decider[cand["layer"] - 1][cand["neuron"]])
+        layer, j = cand["layer"] - 1, cand["neuron"]
+        cand["outcome"] = str(states[layer][j])
+        cand["decided_by"] = str(ctx.evidence.decider[layer][j])
+        if cand["outcome"] == UNDECIDED and ctx.bounds is not None:
+            cand["extremes"] = _extremes(ctx.evidence, ctx.bounds, layer, j)
     milp_stats = dict(ctx.stats.get("milp", {}))
     milp_stats["why_candidates"] = ctx.candidates
     return _report(ctx, seconds, interrupted, milp_stats)
@@ -401,6 +404,34 @@ def _exact_candidates(evidence: NeuronEvidence, bounds: LayerBounds) -> list[dic
                     f"{' or '.join(never)} in {evidence.n_observed} points ({seen})",
                 }
             )
+    return out
+
+
+def _extremes(evidence: NeuronEvidence, bounds: LayerBounds, layer: int, j: int) -> list[dict]:
+    """Where an undecided neuron's open extremes lie: between the most extreme value
+    seen (a point shows it) and the best bound any stage reached (what was proved, or
+    the solver's word where ``bound_by`` is ``milp``). ``max`` asks whether g > 0
+    somewhere (the neuron was never seen active), ``min`` whether g < 0."""
+    out = []
+    sides = (("pos", "max", evidence.seen_pos), ("neg", "min", evidence.seen_neg))
+    for side, extreme, seen_side in sides:
+        if seen_side[layer][j]:
+            continue
+        s = 1.0 if side == "pos" else -1.0
+        seen = evidence.g_max[layer][j] if side == "pos" else evidence.g_min[layer][j]
+        final = bounds.upper[layer][j] if side == "pos" else bounds.lower[layer][j]
+        bound, by = s * float(final), "bounds"
+        reached = evidence.reached.get((layer, j, side))
+        if reached is not None and reached[0] < bound:
+            bound, by = reached
+        out.append(
+            {
+                "extreme": extreme,
+                "seen": float(seen) if np.isfinite(seen) else None,
+                "bound": s * bound,
+                "bound_by": by,
+            }
+        )
     return out
 
 

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import json
+import time
+from dataclasses import asdict
 
 import numpy as np
 import pytest
-from oracle import assert_matches, grid_states, milp_states, random_net
+from oracle import assert_matches, grid_states, milp_extremes, milp_states, random_net
 
+import formulations
 from exactcompress import Box, ReLUNetwork, StabilityOptions, find_stable_neurons
 from exactcompress.api import compress, render_report
-from exactcompress.report import StabilityReport
+from exactcompress.bounds import compute_bounds
+from exactcompress.evidence import NeuronEvidence
+from exactcompress.report import UNDECIDED, StabilityReport, undecided_section
 
 FAST = {"samples": 2000}
 
@@ -143,3 +148,73 @@ def test_report_says_why_each_milp_candidate_was_left_open():
         assert (g >= lo - 1e-9).all() and (g <= up + 1e-9).all()
     markdown = render_report(result)
     assert f"{len(why)} neurons; outcome:" in markdown
+
+
+# ---- what an undecided neuron's report says --------------------------------------------
+
+
+def test_undecided_extremes_enclose_the_true_extreme() -> None:
+    """Each open extreme of an undecided neuron is reported between what a point showed
+    and the best bound a stage reached (here branch and bound, cut by the time limit);
+    scipy's own MILP (tests/oracle.py) finds the true extreme inside that range."""
+    weights, biases = random_net(np.random.default_rng(0), [20, 40, 40, 2])
+    net, box = ReLUNetwork(weights, biases), Box.uniform(20)
+    options = StabilityOptions(bounds="interval", prover="bab", samples=200, time_limit=1.0)
+    report = find_stable_neurons(net, box, None, options)
+    rows = [(c, e) for c in report.candidates for e in c.extremes]
+    assert rows and not report.complete
+    assert {c.outcome for c, _ in rows} == {UNDECIDED}
+    assert "bab" in {e["bound_by"] for _, e in rows}
+    for c, e in rows[:2]:
+        gmin, gmax = milp_extremes(weights, biases, box.lo, box.hi, c.layer - 1, c.neuron)
+        if e["extreme"] == "max":
+            assert e["seen"] <= gmax + 1e-6 and gmax <= e["bound"] + 1e-6
+        else:
+            assert e["bound"] - 1e-6 <= gmin and gmin <= e["seen"] + 1e-6
+    text = "\n".join(undecided_section([asdict(c) for c, _ in rows]))
+    assert "## Undecided: where the open extremes lie" in text
+    assert f"| {rows[0][0].layer} | {rows[0][0].neuron} |" in text
+
+
+def test_neuron_strategy_shares_the_time_left_over_its_candidates(monkeypatch) -> None:
+    """One MILP per candidate gets an equal share of what is left: a hard first candidate
+    must not take the whole limit from those after it (it did: one solve in 140 s)."""
+    from exactcompress import exact
+
+    weights, biases = random_net(np.random.default_rng(0), [20, 60, 60, 60, 3])
+    net, box = ReLUNetwork(weights, biases), Box.uniform(20)
+    evidence = NeuronEvidence(net, box)
+    bounds = compute_bounds(net, box, "interval")
+    cands = exact.open_candidates(evidence)[:3]
+    monkeypatch.setattr(exact, "open_candidates", lambda ev: cands)
+    given = []
+
+    def decide(evidence, handle, solver, cand, deadline):
+        given.append(deadline - time.monotonic())
+        time.sleep(0.2)  # a candidate decided quickly leaves its share to the others
+        return "optimal"
+
+    monkeypatch.setattr(exact, "decide_by_extreme", decide)
+    monkeypatch.setattr(exact, "build_model", lambda *a: _FakeHandle())
+    exact.run_neuron_strategy(
+        evidence,
+        formulations.get("neuron"),
+        bounds,
+        lambda h: _FakeSolver(),
+        time.monotonic() + 30.0,
+        lambda m: None,
+    )
+    assert len(given) == 3
+    assert 9.0 < given[0] <= 10.0
+    assert 14.0 < given[1] <= 14.9  # (30 - 0.2) / 2
+    assert 29.0 < given[2] <= 29.6
+
+
+class _FakeHandle:
+    def n_binaries(self) -> int:
+        return 0
+
+
+class _FakeSolver:
+    def load(self, handle) -> None:
+        pass
