@@ -81,6 +81,9 @@ class RelaxationLP:
         self._blocks: list[sp.csr_matrix] = []
         self._matrix: sp.csr_matrix | None = None
         self.out_cols: list[np.ndarray] = []
+        #: per added layer: its triangle-relaxed neurons, their g columns, their h
+        #: columns and the rows of their h - g >= 0 (what a subdomain's split changes)
+        self.triangles: list[tuple[np.ndarray, ...]] = []
         self.inputs = self._add_cols(np.asarray(lo, float), np.asarray(hi, float))
         self._cost_cols = np.zeros(0, dtype=np.int32)
 
@@ -168,6 +171,7 @@ class RelaxationLP:
             g_of = out[uns]
             slope, shift = upper_line(lo_u, up_u)
             k = np.arange(uns.size)
+            self.triangles.append((uns, g_of, h_cols, self.row_lo.size + k))
             # h - g >= 0 and h - s g <= t
             rows = np.concatenate([k, k, uns.size + k, uns.size + k])
             cols = np.concatenate([h_cols, g_of, h_cols, g_of])
@@ -180,6 +184,8 @@ class RelaxationLP:
                 np.concatenate([np.full(uns.size, INF), shift]),
             )
             out[uns] = h_cols
+        else:
+            self.triangles.append((uns, out[uns], out[uns], uns))
         self.out_cols.append(out)
 
     def extreme(
@@ -197,7 +203,10 @@ class RelaxationLP:
             self.highs.changeColsCost(stale.size, stale, np.zeros(stale.size))
         self.highs.changeColsCost(cols.size, cols, sign * coef)
         self._cost_cols = cols
-        self.highs.setOptionValue("time_limit", max(float(time_limit), 1e-3))
+        # HiGHS measures its time limit against the run time of all solves of this model
+        # so far, not of this one: the limit is that plus ours
+        limit = self.highs.getRunTime() + max(float(time_limit), 1e-3)
+        self.highs.setOptionValue("time_limit", limit)
         self.highs.run()
         if self.highs.getModelStatus() != highspy.HighsModelStatus.kOptimal:
             return None, None

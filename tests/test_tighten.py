@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from oracle import assert_matches, milp_states, random_net
+from oracle import assert_matches, milp_states, naive_bounds, random_net
 
 from exactcompress import Box, ReLUNetwork, StabilityOptions, find_stable_neurons
 from exactcompress.bounds import compute_bounds, decide_from_bounds
 from exactcompress.cli import build_parser, options_from
 from exactcompress.errors import ExactCompressError
 from exactcompress.report import NeuronEvidence
-from exactcompress.tighten import lp_tighten
+from exactcompress.tighten import RelaxationLP, lp_tighten
 
 FAST = {"samples": 2000}
 SHAPE = [5, 12, 12, 12, 3]
@@ -100,3 +100,19 @@ def test_cli_option_and_validation():
     assert options_from(build_parser().parse_args(["stability", "m.pt"])).tighten == "none"
     with pytest.raises(ExactCompressError):
         StabilityOptions(tighten="milp")
+
+
+def test_each_lp_solve_gets_its_own_time_limit():
+    """HiGHS checks its time limit against the run time of every solve of a model so far:
+    passing a per-solve limit as is made every solve after the first ones stop at once
+    (no bound: the LP tightening and the subdomain LPs silently gave up)."""
+    weights, biases = random_net(np.random.default_rng(3), [60, 200, 1])
+    box = Box.uniform(60)
+    lower, upper = (np.array(t) for t in naive_bounds(weights, biases, box.lo, box.hi)[0])
+    lp = RelaxationLP(box.lo, box.hi)
+    lp.add_layer(weights[0], biases[0], lower, upper, np.zeros(200, dtype=np.int8))
+    limit, values = 0.2, []
+    while lp.highs.getRunTime() < 3 * limit:
+        for s in (1.0, -1.0):
+            values.append(lp.extreme(s * weights[1][0], 0.0, True, limit)[0])
+    assert None not in values
