@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 from . import refute
+from .bab_lp import SubdomainLP
 from .bounds import EPS64, Adam, LayerBounds, _relaxation, crown_bounds, pick_device
 from .domain import Box
 from .evidence import NeuronEvidence
@@ -61,6 +62,21 @@ LEAF_STEPS = 300
 #: filtered smart branching: splits tried per subdomain (the best BaBSR-like scores);
 #: 1 is plain BaBSR
 FSB_TOP = 32
+#: linear programs of open subdomains (bab_lp.py): a search spends at most this share of
+#: its back-substitution time on them; 0 turns them off
+LP_SHARE = 1.0
+#: ... counting only what the search spent after its first LP_AFTER seconds: most
+#: candidates close sooner by back-substitution alone (LPs doubled their time)
+LP_AFTER = 3.0
+#: ... only for candidates with at least this many layers before them: one layer's
+#: back-substitution bound is near its LP already, while the LP's first solve on a wide
+#: layer costs seconds (5 s on 2x800, for no gain measured)
+LP_FROM_LAYER = 2
+#: ... and only for subdomains whose bound stuck at their parent's: LPs of every open
+#: subdomain doubled a 13 s proof on 5x100 (most LPs gained nothing), these cost 6%
+LP_STUCK_ONLY = True
+#: time limit of one subdomain's linear program (a cold start takes the longest)
+LP_SECONDS = 5.0
 #: gradient search from the most promising subdomains every this many batches
 SEARCH_EVERY = 8
 #: --prover auto: a candidate whose worst open bound has not moved STALL_PROGRESS of the
@@ -201,6 +217,7 @@ class CandidateProver:
     ) -> None:
         self.dev = device
         self.layer = layer
+        self.target = (layer, neuron, sign)
         params = net.tensors(device)
         self.params = params[:layer]
         w, b = params[layer]
@@ -527,6 +544,8 @@ class CandidateSearch:
         self.prover = CandidateProver(
             evidence.net, evidence.box, bounds, states, layer, j, sign, device
         )
+        self.lp: SubdomainLP | None = None  # built when first needed
+        self.bab_seconds = self.lp_seconds = 0.0  # back-substitution and LP time
         self.open_set: _Domains | None = None  # None until the root is bounded
         self.root_bound = float("inf")
         self.domains = self.depth = self.batches = 0
@@ -586,6 +605,7 @@ class CandidateSearch:
             k = min(BATCH, len(self.open_set))
             order = torch.argsort(self.open_set.bound, descending=True)
             batch, rest = self.open_set.take(order[:k]), self.open_set.take(order[k:])
+            batch_start = time.monotonic()
             with torch.no_grad():
                 kept = kept_coefficients(prover, batch)
                 children, stuck = prover.branch(batch, kept)
@@ -605,7 +625,10 @@ class CandidateSearch:
                 if len(rest) == 0:
                     return "proved", float(batch.bound.max())
                 continue
+            inherited = children.bound.clone()
             bound, x, _ = prover.bound(children, STEPS)
+            self.bab_seconds += time.monotonic() - batch_start
+            bound = self._close_by_lp(children, bound, bound >= inherited, deadline)
             self.domains += len(children)
             self.depth = max(self.depth, int(children.depth.max()))
             xs = x.cpu().numpy()
@@ -628,6 +651,42 @@ class CandidateSearch:
                     f"worst bound {float(self.open_set.bound.max()):.3g}, "
                     f"{self.seconds + time.monotonic() - start:.0f} s"
                 )
+
+    def _close_by_lp(
+        self, dom: _Domains, bound: torch.Tensor, stuck: torch.Tensor, deadline: float
+    ) -> torch.Tensor:
+        """Bound by its linear program each open subdomain whose back-substitution bound
+        is ``stuck`` at its parent's (where the few gradient steps fell short of the
+        relaxation's optimum, and the LP gains most), highest bound first, while the
+        search's LP time stays within LP_SHARE of its back-substitution time past
+        LP_AFTER; returns the bounds, each the better of the two."""
+        if self.prover.layer < LP_FROM_LAYER or LP_SHARE <= 0:
+            return bound
+        if self.lp is None:
+            p = self.prover
+            lower = [t.cpu().numpy() for t in p.root_lower]
+            upper = [t.cpu().numpy() for t in p.root_upper]
+            self.lp = SubdomainLP(self.evidence.net, self.evidence.box, *p.target, lower, upper)
+        bound = bound.clone()
+        points = []
+        for i in torch.argsort(bound, descending=True).tolist():
+            if LP_STUCK_ONLY and not stuck[i]:
+                continue
+            now = time.monotonic()
+            allowed = LP_SHARE * (self.bab_seconds - LP_AFTER)
+            if bound[i] <= 0 or self.lp_seconds >= allowed or now >= deadline:
+                break
+            split = [t[i].cpu().numpy() for t in dom.split]
+            value, x = self.lp.bound(split, min(LP_SECONDS, deadline - now))
+            self.lp_seconds += time.monotonic() - now
+            if value is not None and value < bound[i]:
+                bound[i] = value
+            if x is not None:
+                points.append(x)
+        if points:
+            self.evidence.observe(np.array(points), STAGE)
+        dom.bound = torch.minimum(dom.bound, bound)
+        return bound
 
 
 def _keep_leaves(leaves: list[dict] | None, dom: _Domains, closed: torch.Tensor) -> None:
