@@ -37,6 +37,15 @@ def _truth(net: ReLUNetwork, box: Box, layer: int, j: int) -> tuple[float, float
     return float(gmin), float(gmax)
 
 
+def _every_candidate(net: ReLUNetwork, box: Box):
+    """(layer, neuron, side, true min g, true max g) of every neuron past the first layer."""
+    for layer in range(1, net.n_hidden):
+        for j in range(net.hidden_widths[layer]):
+            gmin, gmax = _truth(net, box, layer, j)
+            for side in ("pos", "neg"):
+                yield layer, j, side, gmin, gmax
+
+
 def _check(out, evidence, side, gmin, gmax, layer, j) -> None:
     """A proof agrees with the oracle; a refutation is a witness in the box."""
     if out.status == "proved":
@@ -55,19 +64,14 @@ def test_bab_decides_like_the_oracle(seed):
     net, box = _net(seed)
     bounds = interval_bounds(net, box)
     decided = 0
-    for layer in range(1, net.n_hidden):
-        for j in range(net.hidden_widths[layer]):
-            gmin, gmax = _truth(net, box, layer, j)
-            for side in ("pos", "neg"):
-                evidence = NeuronEvidence(net, box)
-                out = prove_candidate(
-                    evidence, bounds, (layer, j, side), time.monotonic() + 20, CPU, print
-                )
-                _check(out, evidence, side, gmin, gmax, layer, j)
-                clear = (gmax < -1e-6 or gmax > 1e-6) if side == "pos" else abs(gmin) > 1e-6
-                if clear:
-                    assert out.status in ("proved", "refuted"), (layer, j, side, out)
-                    decided += 1
+    for layer, j, side, gmin, gmax in _every_candidate(net, box):
+        evidence = NeuronEvidence(net, box)
+        out = prove_candidate(evidence, bounds, (layer, j, side), time.monotonic() + 20, CPU, print)
+        _check(out, evidence, side, gmin, gmax, layer, j)
+        clear = (gmax < -1e-6 or gmax > 1e-6) if side == "pos" else abs(gmin) > 1e-6
+        if clear:
+            assert out.status in ("proved", "refuted"), (layer, j, side, out)
+            decided += 1
     assert decided > 0
 
 
@@ -329,14 +333,11 @@ def test_bab_with_subdomain_lps_decides_like_the_oracle(seed, monkeypatch):
     net, box = _net(seed)
     bounds = interval_bounds(net, box)
     used = 0.0
-    for layer in range(1, net.n_hidden):
-        for j in range(net.hidden_widths[layer]):
-            gmin, gmax = _truth(net, box, layer, j)
-            for side in ("pos", "neg"):
-                evidence = NeuronEvidence(net, box)
-                search = CandidateSearch(evidence, bounds, (layer, j, side), CPU, lambda m: None)
-                with bab.one_thread():
-                    out = search.advance(time.monotonic() + 10)
-                used += search.lp_seconds
-                _check(out, evidence, side, gmin, gmax, layer, j)
+    for layer, j, side, gmin, gmax in _every_candidate(net, box):
+        evidence = NeuronEvidence(net, box)
+        search = CandidateSearch(evidence, bounds, (layer, j, side), CPU, lambda m: None)
+        with bab.one_thread():
+            out = search.advance(time.monotonic() + 10)
+        used += search.lp_seconds
+        _check(out, evidence, side, gmin, gmax, layer, j)
     assert used > 0
