@@ -298,10 +298,28 @@ def exact_outcomes(report: StabilityReport) -> dict[str, int]:
 
 
 def undecided_why(report: StabilityReport) -> str:
-    """'L2 n5: time limit; ...' for every undecided neuron, from the report's notes."""
+    """'L2 n5: time limit, max g in [-0.002, 0.01] (bab); ...' for every undecided neuron,
+    from the report's notes and where its open extremes lie (the seen value, the best
+    bound reached and the stage that reached it)."""
     why = dict(note.split(": ", 1) for note in report.notes if ": " in note)
+    gaps: dict[tuple[int, int], str] = {}
+    for c in report.candidates:
+        ranges = [
+            f"{e['extreme']} g in "
+            + (
+                f"[{e['seen']:.2g}, {e['bound']:.2g}]"
+                if e["extreme"] == "max"
+                else f"[{e['bound']:.2g}, {e['seen']:.2g}]"
+            )
+            + f" ({e['bound_by']})"
+            for e in c.extremes
+            if e["seen"] is not None
+        ]
+        if ranges:
+            gaps[(c.layer - 1, c.neuron)] = ", " + ", ".join(ranges)
     return "; ".join(
         f"L{layer + 1} n{j}: {why.get(f'layer {layer + 1} neuron {j}', 'no reason recorded')}"
+        + gaps.get((layer, int(j)), "")
         for layer, states in enumerate(report.states)
         for j in np.flatnonzero(states == UNDECIDED)
     )

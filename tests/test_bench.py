@@ -274,6 +274,20 @@ def test_undecided_neurons_are_listed_with_their_reason():
         [4, 2, 1, 1], {}, "network", "highs", states, {}, {}, notes=["layer 1 neuron 1: solver"]
     )
     assert runner.undecided_why(report) == "L1 n1: solver; L2 n0: no reason recorded"
+    report.extra["milp"] = {
+        "why_candidates": [
+            {
+                "layer": 2,
+                "neuron": 0,
+                "bounds": [-1.0, 0.5],
+                "outcome": "undecided",
+                "extremes": [{"extreme": "max", "seen": -0.002, "bound": 0.01, "bound_by": "bab"}],
+            }
+        ]
+    }
+    assert runner.undecided_why(report) == (
+        "L1 n1: solver; L2 n0: no reason recorded, max g in [-0.002, 0.01] (bab)"
+    )
 
 
 def test_new_configs_are_checked_for_agreement_and_old_csvs_upgrade(tmp_path):
