@@ -255,15 +255,17 @@ def run_neuron_strategy(
     stats["binaries"] = handle.n_binaries()
     solver = open_solver(handle)
     solver.load(handle)
+    overhead = 0.0  # seconds a solve ran past its share (the model's update before it)
     for i, cand in enumerate(cands):
         if is_refuted(evidence, cand):
             continue
         # an equal share of what is left: a hard first candidate cannot starve the rest,
         # and what an easy one leaves goes to those after it
-        share = seconds_left(deadline) / (len(cands) - i)
-        status = decide_by_extreme(
-            evidence, handle, solver, cand, min(deadline, time.monotonic() + share)
-        )
+        left = len(cands) - i
+        share = max(0.0, seconds_left(deadline) - overhead * left) / left
+        start = time.monotonic()
+        status = decide_by_extreme(evidence, handle, solver, cand, min(deadline, start + share))
+        overhead = max(overhead, time.monotonic() - start - share)
         stats["solves"] += 1
         if status in ("interrupted", "error"):
             break

@@ -210,6 +210,36 @@ def test_neuron_strategy_shares_the_time_left_over_its_candidates(monkeypatch) -
     assert 29.0 < given[2] <= 29.6
 
 
+def test_neuron_strategy_keeps_to_the_limit_when_solves_overrun(monkeypatch) -> None:
+    """A solve that runs past its share (Pyomo updates a large model before HiGHS' clock
+    starts: 12 s per solve on 2x800, 38 s past a 300 s limit over 3 candidates) makes
+    the shares after it smaller, so the stage still ends at its deadline."""
+    from exactcompress import exact
+
+    weights, biases = random_net(np.random.default_rng(0), [20, 60, 60, 60, 3])
+    net, box = ReLUNetwork(weights, biases), Box.uniform(20)
+    evidence = NeuronEvidence(net, box)
+    cands = exact.open_candidates(evidence)[:3]
+    monkeypatch.setattr(exact, "open_candidates", lambda ev: cands)
+
+    def decide(evidence, handle, solver, cand, deadline):
+        time.sleep(max(0.0, deadline - time.monotonic()) + 0.3)  # its share, then 0.3 s more
+        return "time_limit"
+
+    monkeypatch.setattr(exact, "decide_by_extreme", decide)
+    monkeypatch.setattr(exact, "build_model", lambda *a: _FakeHandle())
+    start = time.monotonic()
+    exact.run_neuron_strategy(
+        evidence,
+        formulations.get("neuron"),
+        compute_bounds(net, box, "interval"),
+        lambda h: _FakeSolver(),
+        start + 3.0,
+        lambda m: None,
+    )
+    assert time.monotonic() - start < 3.0 + 0.2
+
+
 class _FakeHandle:
     def n_binaries(self) -> int:
         return 0
