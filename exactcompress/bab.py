@@ -669,11 +669,11 @@ class CandidateSearch:
             self.lp = SubdomainLP(self.evidence.net, self.evidence.box, *p.target, lower, upper)
         bound = bound.clone()
         points = []
+        allowed = LP_SHARE * (self.bab_seconds - LP_AFTER)
         for i in torch.argsort(bound, descending=True).tolist():
             if LP_STUCK_ONLY and not stuck[i]:
                 continue
             now = time.monotonic()
-            allowed = LP_SHARE * (self.bab_seconds - LP_AFTER)
             if bound[i] <= 0 or self.lp_seconds >= allowed or now >= deadline:
                 break
             split = [t[i].cpu().numpy() for t in dom.split]
@@ -685,7 +685,7 @@ class CandidateSearch:
                 points.append(x)
         if points:
             self.evidence.observe(np.array(points), STAGE)
-        dom.bound = torch.minimum(dom.bound, bound)
+        dom.bound = bound  # never above the back-substitution bound it started from
         return bound
 
 

@@ -18,14 +18,11 @@ arithmetic, like one closed by back-substitution; HiGHS' word alone closes nothi
 
 from __future__ import annotations
 
-import highspy
 import numpy as np
 
 from .domain import Box
 from .network import ReLUNetwork
-from .tighten import RelaxationLP
-
-INF = highspy.kHighsInf
+from .tighten import INF, RelaxationLP
 
 
 class SubdomainLP:

@@ -185,7 +185,7 @@ class RelaxationLP:
             )
             out[uns] = h_cols
         else:
-            self.triangles.append((uns, out[uns], out[uns], uns))
+            self.triangles.append((uns,) * 4)  # no triangle in this layer
         self.out_cols.append(out)
 
     def extreme(
