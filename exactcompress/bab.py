@@ -63,8 +63,11 @@ LEAF_STEPS = 300
 #: 1 is plain BaBSR
 FSB_TOP = 32
 #: linear programs of open subdomains (bab_lp.py): a search spends at most this share of
-#: its back-substitution time on them; 0 turns them off
-LP_SHARE = 1.0
+#: its back-substitution time on them; 0 turns them off. Each starts from its parent's
+#: basis (6x faster than from an unrelated subdomain's), which made 3 affordable: the
+#: candidates that close took as long as with 1, 4x100's last one got further
+#: (bound 1.9e-3 against 2.4e-3 after 120 s)
+LP_SHARE = 3.0
 #: ... counting only what the search spent after its first LP_AFTER seconds: most
 #: candidates close sooner by back-substitution alone (LPs doubled their time)
 LP_AFTER = 3.0
@@ -127,6 +130,11 @@ class _Domains:
     beta: list[torch.Tensor]
     bound: torch.Tensor
     depth: torch.Tensor
+    #: per subdomain, the basis of its own or its nearest ancestor's linear program (or
+    #: None): a child's LP differs from its parent's by one split, so warm-starting from
+    #: the parent's basis takes a few simplex iterations (80 against 1000 from an
+    #: unrelated subdomain's, measured on 4x100)
+    basis: list = field(default_factory=list)
 
     def __len__(self) -> int:
         return int(self.bound.shape[0])
@@ -140,6 +148,7 @@ class _Domains:
             [t[idx] for t in self.beta],
             self.bound[idx],
             self.depth[idx],
+            [self.basis[i] for i in idx.tolist()],
         )
 
     @staticmethod
@@ -156,6 +165,7 @@ class _Domains:
             join("beta"),
             torch.cat([p.bound for p in parts]),
             torch.cat([p.depth for p in parts]),
+            [b for p in parts for b in p.basis],
         )
 
 
@@ -248,6 +258,7 @@ class CandidateProver:
             [torch.zeros_like(t) for t in one],
             torch.full((1,), torch.inf, dtype=torch.float64, device=self.dev),
             torch.zeros(1, dtype=torch.int64, device=self.dev),
+            [None],
         )
 
     def _mass(self, k: int, upper: list[torch.Tensor]) -> torch.Tensor:
@@ -677,7 +688,9 @@ class CandidateSearch:
             if bound[i] <= 0 or self.lp_seconds >= allowed or now >= deadline:
                 break
             split = [t[i].cpu().numpy() for t in dom.split]
-            value, x = self.lp.bound(split, min(LP_SECONDS, deadline - now))
+            limit = min(LP_SECONDS, deadline - now)
+            value, x = self.lp.bound(split, limit, dom.basis[i])
+            dom.basis[i] = self.lp.last_basis() or dom.basis[i]
             self.lp_seconds += time.monotonic() - now
             if value is not None and value < bound[i]:
                 bound[i] = value

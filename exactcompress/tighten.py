@@ -223,6 +223,21 @@ class RelaxationLP:
         pad = REL_PAD * (1.0 + abs(value))
         return (value + pad if maximize else value - pad), x
 
+    def proves_empty(self) -> bool:
+        """Whether the last solve's dual ray is a Farkas certificate that the model has no
+        point: the safe bound below, for cost 0, is above 0 for the ray or its negation
+        (any y gives a valid bound, so trying both is sound). HiGHS' infeasible status
+        alone proves nothing."""
+        if self.highs.getModelStatus() != highspy.HighsModelStatus.kInfeasible:
+            return False
+        _, has_ray, ray = self.highs.getDualRay()
+        ray = np.asarray(ray, dtype=np.float64)
+        if not has_ray or not np.isfinite(ray).all() or not ray.any():
+            return False
+        ray = ray / np.abs(ray).max()
+        zero = np.zeros(self.n_cols)
+        return any(self.safe_min(zero, s * ray) > 0 for s in (1.0, -1.0))
+
     def safe_min(self, cost: np.ndarray, y: np.ndarray) -> float:
         """A rigorous lower bound on min cost.z over the model from the duals y."""
         a = self.matrix()
@@ -496,7 +511,8 @@ def leaf_bound(net: ReLUNetwork, box, layer: int, neuron: int, sign: float, leaf
     branch and bound (``bab.prove_candidate(leaves=...)``): its splits as constraints,
     its intermediate bounds for the triangles. An independent re-check of a BaB proof,
     by HiGHS with the safe dual bound above instead of back-substitution; -inf when
-    HiGHS finds the subdomain empty, +inf when it reports nothing else useful."""
+    a checked certificate shows the subdomain empty, +inf when HiGHS reports nothing
+    else useful."""
     lp = RelaxationLP(box.lo, box.hi)
     for k in range(layer):
         split = np.asarray(leaf["split"][k], dtype=np.int8)
@@ -508,6 +524,5 @@ def leaf_bound(net: ReLUNetwork, box, layer: int, neuron: int, sign: float, leaf
     )
     if value is not None:
         return value
-    # an empty subdomain (contradicting splits) closes by infeasibility, HiGHS' word
-    infeasible = lp.highs.getModelStatus() == highspy.HighsModelStatus.kInfeasible
-    return -float("inf") if infeasible else float("inf")
+    # an empty subdomain (contradicting splits) closes by a checked Farkas certificate
+    return -float("inf") if lp.proves_empty() else float("inf")
