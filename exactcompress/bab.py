@@ -78,6 +78,8 @@ LP_FROM_LAYER = 2
 #: ... and only for subdomains whose bound stuck at their parent's: LPs of every open
 #: subdomain doubled a 13 s proof on 5x100 (most LPs gained nothing), these cost 6%
 LP_STUCK_ONLY = True
+#: split a subdomain whose LP left it open where that LP suggests (bab_lp.py), not by FSB
+LP_BRANCH = True
 #: time limit of one subdomain's linear program (a cold start takes the longest)
 LP_SECONDS = 5.0
 #: gradient search from the most promising subdomains every this many batches
@@ -135,6 +137,9 @@ class _Domains:
     #: the parent's basis takes a few simplex iterations (80 against 1000 from an
     #: unrelated subdomain's, measured on 4x100)
     basis: list = field(default_factory=list)
+    #: per subdomain, the split its LP suggests (an index into the concatenated layers,
+    #: -1 for none): the free neuron whose triangle the LP optimum leans on most
+    hint: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.bound.shape[0])
@@ -149,6 +154,7 @@ class _Domains:
             self.bound[idx],
             self.depth[idx],
             [self.basis[i] for i in idx.tolist()],
+            self.hint[idx],
         )
 
     @staticmethod
@@ -166,6 +172,7 @@ class _Domains:
             torch.cat([p.bound for p in parts]),
             torch.cat([p.depth for p in parts]),
             [b for p in parts for b in p.basis],
+            torch.cat([p.hint for p in parts]),
         )
 
 
@@ -259,6 +266,7 @@ class CandidateProver:
             torch.full((1,), torch.inf, dtype=torch.float64, device=self.dev),
             torch.zeros(1, dtype=torch.int64, device=self.dev),
             [None],
+            torch.full((1,), -1, dtype=torch.int64, device=self.dev),
         )
 
     def _mass(self, k: int, upper: list[torch.Tensor]) -> torch.Tensor:
@@ -422,6 +430,7 @@ class CandidateProver:
             split=[s.clone() for s in dom.split],
             beta=[b.clone() for b in dom.beta],
             depth=dom.depth + 1,
+            hint=torch.full_like(dom.hint, -1),
         )
         offset = 0
         for k in range(self.layer):
@@ -475,6 +484,10 @@ class CandidateProver:
         keep = torch.nonzero(~stuck).reshape(-1)
         dom, score = dom.take(keep), score[keep]
         flat = self._filtered_choice(dom, score)
+        if LP_BRANCH:
+            hinted = dom.hint >= 0
+            free = score.gather(1, dom.hint.clamp_min(0)[:, None])[:, 0] >= 0
+            flat = torch.where(hinted & free, dom.hint, flat)
         children = [self._split(dom, flat, direction) for direction in (1, -1)]
         return _Domains.cat(children), stuck
 
@@ -691,6 +704,8 @@ class CandidateSearch:
             limit = min(LP_SECONDS, deadline - now)
             value, x = self.lp.bound(split, limit, dom.basis[i])
             dom.basis[i] = self.lp.last_basis() or dom.basis[i]
+            if LP_BRANCH and value is not None and value > 0:
+                dom.hint[i] = self.lp.branching_hint()
             self.lp_seconds += time.monotonic() - now
             if value is not None and value < bound[i]:
                 bound[i] = value

@@ -403,9 +403,9 @@ def test_a_dual_ray_proves_nothing_about_a_model_with_points(monkeypatch):
         assert not lp.lp.proves_empty()
 
 
-def test_a_child_lp_from_its_parents_basis_gives_the_same_bound():
-    """Warm-starting a subdomain's LP from its parent's basis changes where the simplex
-    starts, not the bound: the same value as a solve started elsewhere."""
+def _deep_lp():
+    """A 4-hidden-layer network, its root bounds before layer 4 and the LP of layer 4's
+    neuron 0 over them."""
     from exactcompress.bab_lp import SubdomainLP
 
     net, box = _net(4, (4, 10, 10, 10, 10, 2))
@@ -414,8 +414,14 @@ def test_a_child_lp_from_its_parents_basis_gives_the_same_bound():
     prover = bab.CandidateProver(net, box, bounds, fixed, 3, 0, 1.0, CPU)
     lower = [t.numpy() for t in prover.root_lower]
     upper = [t.numpy() for t in prover.root_upper]
-    warm = SubdomainLP(net, box, 3, 0, 1.0, lower, upper)
-    cold = SubdomainLP(net, box, 3, 0, 1.0, lower, upper)
+    return net, box, lower, upper, SubdomainLP(net, box, 3, 0, 1.0, lower, upper)
+
+
+def test_a_child_lp_from_its_parents_basis_gives_the_same_bound():
+    """Warm-starting a subdomain's LP from its parent's basis changes where the simplex
+    starts, not the bound: the same value as a solve started elsewhere."""
+    _, _, lower, upper, warm = _deep_lp()
+    *_, cold = _deep_lp()
     rng = np.random.default_rng(1)
     parent = [np.zeros(len(lo), dtype=np.int8) for lo in lower]
     warm.bound(parent, 10.0)
@@ -431,3 +437,31 @@ def test_a_child_lp_from_its_parents_basis_gives_the_same_bound():
         assert (a is None) == (b is None)
         if a is not None:
             assert abs(a - b) <= 1e-7 * (1 + abs(b))
+
+
+def test_the_lp_branching_hint_names_a_free_loose_neuron():
+    """The LP's suggested split is a free unstable neuron whose triangle the optimum
+    uses (h above relu(g) there), and there is none once every neuron is split."""
+    net, box, lower, upper, lp = _deep_lp()
+    split = [np.zeros(len(lo), dtype=np.int8) for lo in lower]
+    value, _ = lp.bound(split, 10.0)
+    assert value is not None
+    hint = lp.branching_hint()
+    sizes = np.cumsum([0] + [len(lo) for lo in lower])
+    k = int(np.searchsorted(sizes, hint, side="right")) - 1
+    j = hint - sizes[k]
+    assert lower[k][j] < 0 < upper[k][j]
+    sol = lp.lp.highs.getSolution()
+    z = np.asarray(sol.col_value)
+    uns, g_cols, h_cols, _ = lp.lp.triangles[k]
+    at = int(np.flatnonzero(uns == j)[0])
+    assert z[h_cols[at]] > max(z[g_cols[at]], 0.0) + 1e-9
+    # every unstable neuron split as at one point of the box: a subdomain with a point
+    point = net.preactivations(box.lo[None] + 0.37 * (box.hi - box.lo)[None])
+    every = [
+        np.where((lo < 0) & (up > 0), np.where(g[0] > 0, 1, -1), 0).astype(np.int8)
+        for lo, up, g in zip(lower, upper, point)
+    ]
+    value, _ = lp.bound(every, 10.0)
+    assert value is not None and value > -np.inf
+    assert lp.branching_hint() == -1
