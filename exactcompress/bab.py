@@ -65,8 +65,9 @@ FSB_TOP = 32
 #: linear programs of open subdomains (bab_lp.py): a search spends at most this share of
 #: its back-substitution time on them; 0 turns them off. Each starts from its parent's
 #: basis (6x faster than from an unrelated subdomain's), which made 3 affordable: the
-#: candidates that close took as long as with 1, 4x100's last one got further
-#: (bound 1.9e-3 against 2.4e-3 after 120 s)
+#: candidates that close took as long as with 1 (5x100's layer-4 n66 after the same
+#: 3443 subdomains), 4x100's last one got further (bound 1.9e-3 against 2.4e-3 after
+#: 120 s; separate runs, so within their noise)
 LP_SHARE = 3.0
 #: ... counting only what the search spent after its first LP_AFTER seconds: most
 #: candidates close sooner by back-substitution alone (LPs doubled their time)
@@ -136,10 +137,10 @@ class _Domains:
     #: None): a child's LP differs from its parent's by one split, so warm-starting from
     #: the parent's basis takes a few simplex iterations (80 against 1000 from an
     #: unrelated subdomain's, measured on 4x100)
-    basis: list = field(default_factory=list)
+    basis: list
     #: per subdomain, the split its LP suggests (an index into the concatenated layers,
     #: -1 for none): the free neuron whose triangle the LP optimum leans on most
-    hint: torch.Tensor | None = None
+    hint: torch.Tensor
 
     def __len__(self) -> int:
         return int(self.bound.shape[0])
@@ -483,11 +484,16 @@ class CandidateProver:
         stuck = score.max(dim=1).values < 0
         keep = torch.nonzero(~stuck).reshape(-1)
         dom, score = dom.take(keep), score[keep]
-        flat = self._filtered_choice(dom, score)
-        if LP_BRANCH:
-            hinted = dom.hint >= 0
-            free = score.gather(1, dom.hint.clamp_min(0)[:, None])[:, 0] >= 0
-            flat = torch.where(hinted & free, dom.hint, flat)
+        # a subdomain with a hint from its LP (still free to split) takes it; filtered
+        # smart branching chooses for the others only
+        hinted = (dom.hint >= 0) & (score.gather(1, dom.hint.clamp_min(0)[:, None])[:, 0] >= 0)
+        hinted &= LP_BRANCH
+        flat = dom.hint.clone()
+        rest = torch.nonzero(~hinted).reshape(-1)
+        if rest.numel() == len(dom):
+            flat = self._filtered_choice(dom, score)
+        elif rest.numel():
+            flat[rest] = self._filtered_choice(dom.take(rest), score[rest])
         children = [self._split(dom, flat, direction) for direction in (1, -1)]
         return _Domains.cat(children), stuck
 

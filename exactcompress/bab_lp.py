@@ -48,7 +48,6 @@ class SubdomainLP:
             free = np.zeros(len(lower[k]), dtype=np.int8)
             self.lp.add_layer(net.weights[k], net.biases[k], lower[k], upper[k], free)
         self.lower, self.upper = lower, upper
-        self.sizes = [len(t) for t in lower]
         self.w_row = sign * net.weights[layer][neuron]
         self.bias = sign * float(net.biases[layer][neuron])
 
@@ -113,5 +112,5 @@ class SubdomainLP:
                 i = int(np.argmax(score))
                 if score[i] > best:
                     best, pick = float(score[i]), offset + int(uns[i])
-            offset += self.sizes[k]
+            offset += self.lower[k].size
         return pick
