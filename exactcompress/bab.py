@@ -62,25 +62,27 @@ LEAF_STEPS = 300
 #: filtered smart branching: splits tried per subdomain (the best BaBSR-like scores);
 #: 1 is plain BaBSR
 FSB_TOP = 32
-#: linear programs of open subdomains (bab_lp.py): a search spends at most this share of
-#: its back-substitution time on them; 0 turns them off. Each starts from its parent's
-#: basis (6x faster than from an unrelated subdomain's), which made 3 affordable: the
-#: candidates that close took as long as with 1 (5x100's layer-4 n66 after the same
-#: 3443 subdomains), 4x100's last one got further (bound 1.9e-3 against 2.4e-3 after
-#: 120 s; separate runs, so within their noise)
-LP_SHARE = 3.0
-#: ... counting only what the search spent after its first LP_AFTER seconds: most
-#: candidates close sooner by back-substitution alone (LPs doubled their time)
-LP_AFTER = 3.0
+#: linear programs of open subdomains (bab_lp.py, with ideal cuts): once a search has
+#: spent LP_AFTER seconds on back-substitution, it starts again from the root, and from
+#: then on every subdomain's LP is solved before the subdomain is split; None turns them
+#: off. Most candidates close sooner by back-substitution alone (2-3 s on 5x100); the
+#: others close by LPs with a few hundred subdomains, against tens of thousands left
+#: open by back-substitution (4x100's layer-4 n28: proved with 49 subdomains in 12 s,
+#: open after 300 s without the LPs). The restart drops a frontier of hundreds of
+#: subdomains that have no parent basis to warm-start from and whose ancestors an LP
+#: would have closed (that frontier held n28 open for 300 s)
+LP_AFTER: float | None = 3.0
 #: ... only for candidates with at least this many layers before them: one layer's
 #: back-substitution bound is near its LP already, while the LP's first solve on a wide
 #: layer costs seconds (5 s on 2x800, for no gain measured)
 LP_FROM_LAYER = 2
-#: ... and only for subdomains whose bound stuck at their parent's: LPs of every open
-#: subdomain doubled a 13 s proof on 5x100 (most LPs gained nothing), these cost 6%
-LP_STUCK_ONLY = True
 #: split a subdomain whose LP left it open where that LP suggests (bab_lp.py), not by FSB
 LP_BRANCH = True
+#: rounds of ideal cuts (ideal_cuts.py) separated at the root of a candidate's LP, 0 for
+#: none; the cuts stay in its LP for every subdomain. On 4x100's last candidate five
+#: rounds took the root LP from 8.0e-3 to 4.3e-3 and closed all of 40 subdomains that
+#: the triangle LP left 20 of open
+CUT_ROUNDS = 5
 #: time limit of one subdomain's linear program (a cold start takes the longest)
 LP_SECONDS = 5.0
 #: gradient search from the most promising subdomains every this many batches
@@ -141,6 +143,10 @@ class _Domains:
     #: per subdomain, the split its LP suggests (an index into the concatenated layers,
     #: -1 for none): the free neuron whose triangle the LP optimum leans on most
     hint: torch.Tensor
+    #: per subdomain, whether its linear program is due before it may be split (set for
+    #: children whose back-substitution bound stuck at their parent's, cleared once
+    #: solved): an LP that closes it spares the whole subtree a split would grow
+    lp_due: torch.Tensor
 
     def __len__(self) -> int:
         return int(self.bound.shape[0])
@@ -156,6 +162,7 @@ class _Domains:
             self.depth[idx],
             [self.basis[i] for i in idx.tolist()],
             self.hint[idx],
+            self.lp_due[idx],
         )
 
     @staticmethod
@@ -174,6 +181,7 @@ class _Domains:
             torch.cat([p.depth for p in parts]),
             [b for p in parts for b in p.basis],
             torch.cat([p.hint for p in parts]),
+            torch.cat([p.lp_due for p in parts]),
         )
 
 
@@ -268,6 +276,7 @@ class CandidateProver:
             torch.zeros(1, dtype=torch.int64, device=self.dev),
             [None],
             torch.full((1,), -1, dtype=torch.int64, device=self.dev),
+            torch.zeros(1, dtype=torch.bool, device=self.dev),
         )
 
     def _mass(self, k: int, upper: list[torch.Tensor]) -> torch.Tensor:
@@ -576,7 +585,11 @@ class CandidateSearch:
         )
         self.lp: SubdomainLP | None = None  # built when first needed
         self.bab_seconds = self.lp_seconds = 0.0  # back-substitution and LP time
+        self.lp_calls = 0
+        self.last_say = time.monotonic()  # of the last progress line
+        self.turn_start = 0.0  # when the current advance() began
         self.open_set: _Domains | None = None  # None until the root is bounded
+        self.root: _Domains | None = None  # the bounded root, for a restart with LPs
         self.root_bound = float("inf")
         self.domains = self.depth = self.batches = 0
         self.seconds = 0.0
@@ -619,8 +632,10 @@ class CandidateSearch:
             if layer == 0:  # nothing to split: the root bound is the exact extreme
                 return "stuck", float(bound[0])
             self.open_set, self.root_bound = root, float(bound[0])
-        last_say = time.monotonic()
+            self.root = root.take(torch.zeros(1, dtype=torch.int64, device=self.prover.dev))
+        self.turn_start = start
         while True:
+            self._restart_with_lps(deadline)
             worst = float(self.open_set.bound.max())
             now = time.monotonic()
             if now >= deadline:
@@ -635,6 +650,14 @@ class CandidateSearch:
             k = min(BATCH, len(self.open_set))
             order = torch.argsort(self.open_set.bound, descending=True)
             batch, rest = self.open_set.take(order[:k]), self.open_set.take(order[k:])
+            batch, closed_bound = self._solve_due_lps(batch, deadline)
+            if self.refuted():
+                return "refuted", worst
+            if len(batch) == 0:
+                self.open_set = rest
+                if len(rest) == 0:
+                    return "proved", closed_bound
+                continue
             batch_start = time.monotonic()
             with torch.no_grad():
                 kept = kept_coefficients(prover, batch)
@@ -655,10 +678,9 @@ class CandidateSearch:
                 if len(rest) == 0:
                     return "proved", float(batch.bound.max())
                 continue
-            inherited = children.bound.clone()
             bound, x, _ = prover.bound(children, STEPS)
             self.bab_seconds += time.monotonic() - batch_start
-            bound = self._close_by_lp(children, bound, bound >= inherited, deadline)
+            children.lp_due = (bound > 0) & (self.lp is not None)
             self.domains += len(children)
             self.depth = max(self.depth, int(children.depth.max()))
             xs = x.cpu().numpy()
@@ -673,54 +695,89 @@ class CandidateSearch:
             self.open_set = _Domains.cat([rest, still]) if len(rest) else still
             if len(self.open_set) == 0:
                 return "proved", float(bound.max())
-            if time.monotonic() - last_say >= PROGRESS_EVERY:
-                last_say = time.monotonic()
-                self.progress(
-                    f"  bab layer {layer + 1} neuron {j}: {self.domains} subdomains bounded, "
-                    f"{len(self.open_set)} open, depth {self.depth}, "
-                    f"worst bound {float(self.open_set.bound.max()):.3g}, "
-                    f"{self.seconds + time.monotonic() - start:.0f} s"
-                )
+            self._say(start)
 
-    def _close_by_lp(
-        self, dom: _Domains, bound: torch.Tensor, stuck: torch.Tensor, deadline: float
-    ) -> torch.Tensor:
-        """Bound by its linear program each open subdomain whose back-substitution bound
-        is ``stuck`` at its parent's (where the few gradient steps fell short of the
-        relaxation's optimum, and the LP gains most), highest bound first, while the
-        search's LP time stays within LP_SHARE of its back-substitution time past
-        LP_AFTER; returns the bounds, each the better of the two."""
-        if self.prover.layer < LP_FROM_LAYER or LP_SHARE <= 0:
-            return bound
-        if self.lp is None:
-            p = self.prover
-            lower = [t.cpu().numpy() for t in p.root_lower]
-            upper = [t.cpu().numpy() for t in p.root_upper]
-            self.lp = SubdomainLP(self.evidence.net, self.evidence.box, *p.target, lower, upper)
-        bound = bound.clone()
-        points = []
-        allowed = LP_SHARE * (self.bab_seconds - LP_AFTER)
+    def _say(self, start: float) -> None:
+        """A progress line every PROGRESS_EVERY seconds (``start``: of this turn)."""
+        now = time.monotonic()
+        if now - self.last_say < PROGRESS_EVERY or self.open_set is None:
+            return
+        self.last_say = now
+        layer, j, _ = self.cand
+        self.progress(
+            f"  bab layer {layer + 1} neuron {j}: {self.domains} subdomains bounded, "
+            f"{len(self.open_set)} open, depth {self.depth}, "
+            f"worst bound {float(self.open_set.bound.max()):.3g}, "
+            f"{self.lp_calls} LPs, {self.seconds + now - start:.0f} s"
+        )
+
+    def _solve_due_lps(self, dom: _Domains, deadline: float) -> tuple[_Domains, float]:
+        """Solve the linear programs due (``lp_due``) of these subdomains before they are
+        split, highest bound first; returns the subdomains still open and the highest
+        bound of those it closed. Solving them here rather than when they are made
+        spends LPs only on subdomains that reach the top of the open set (each one it
+        closes is a subtree never grown)."""
+        none = -float("inf")
+        if self.lp is None or not bool(dom.lp_due.any()):
+            return dom, none
+        bound, points = dom.bound.clone(), []
         for i in torch.argsort(bound, descending=True).tolist():
-            if LP_STUCK_ONLY and not stuck[i]:
-                continue
             now = time.monotonic()
-            if bound[i] <= 0 or self.lp_seconds >= allowed or now >= deadline:
+            if now >= deadline:
                 break
+            if not dom.lp_due[i]:
+                continue
+            dom.lp_due[i] = False
             split = [t[i].cpu().numpy() for t in dom.split]
-            limit = min(LP_SECONDS, deadline - now)
-            value, x = self.lp.bound(split, limit, dom.basis[i])
+            value, x = self.lp.bound(split, min(LP_SECONDS, deadline - now), dom.basis[i])
             dom.basis[i] = self.lp.last_basis() or dom.basis[i]
             if LP_BRANCH and value is not None and value > 0:
                 dom.hint[i] = self.lp.branching_hint()
             self.lp_seconds += time.monotonic() - now
+            self.lp_calls += 1
             if value is not None and value < bound[i]:
                 bound[i] = value
             if x is not None:
                 points.append(x)
+            self._say(self.turn_start)
         if points:
             self.evidence.observe(np.array(points), STAGE)
-        dom.bound = bound  # never above the back-substitution bound it started from
-        return bound
+        dom.bound = bound  # never above the bound it had
+        closed = bound <= 0
+        _keep_leaves(self.leaves, dom, closed)
+        closed_bound = float(bound[closed].max()) if bool(closed.any()) else none
+        return dom.take(torch.nonzero(~closed).reshape(-1)), closed_bound
+
+    def _restart_with_lps(self, deadline: float) -> None:
+        """Past LP_AFTER seconds of back-substitution (on a deep enough candidate): build
+        the LP and start again from the root, every subdomain's LP due (see LP_AFTER)."""
+        if (
+            self.lp is not None
+            or LP_AFTER is None
+            or self.prover.layer < LP_FROM_LAYER
+            or self.bab_seconds < LP_AFTER
+        ):
+            return
+        self._build_lp(deadline)
+        root = self.root.take(torch.zeros(1, dtype=torch.int64, device=self.prover.dev))
+        root.lp_due[:] = True
+        self.open_set = root
+        if self.leaves is not None:  # the proof is the new tree's leaves
+            self.leaves.clear()
+
+    def _build_lp(self, deadline: float) -> None:
+        """The candidate's subdomain LP over the root's bounds, with CUT_ROUNDS rounds of
+        ideal cuts separated at the root."""
+        p = self.prover
+        lower = [t.cpu().numpy() for t in p.root_lower]
+        upper = [t.cpu().numpy() for t in p.root_upper]
+        net, box = self.evidence.net, self.evidence.box
+        start = time.monotonic()
+        self.lp = SubdomainLP(net, box, *p.target, lower, upper, cuts=CUT_ROUNDS > 0)
+        if CUT_ROUNDS > 0:
+            root = [np.zeros(t.shape[0], dtype=np.int8) for t in p.root_lower]
+            self.lp.strengthen(root, CUT_ROUNDS, max(0.0, min(LP_SECONDS, deadline - start)))
+        self.lp_seconds += time.monotonic() - start
 
 
 def _keep_leaves(leaves: list[dict] | None, dom: _Domains, closed: torch.Tensor) -> None:

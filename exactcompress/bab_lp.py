@@ -6,12 +6,14 @@ subdomain's splits, at the alpha and beta found by a few projected gradient step
 Deep in the tree of a deep network those steps stop far from the optimum: measured on
 a 4x100 network's layer-4 candidate after 30 s of branch and bound, open subdomains
 bounded at 2e-3 to 3e-3 whose linear programs are at -9e-4 to 1e-3 (300 steps still
-leave 3e-4 to 1e-3). The linear program itself closes them.
+leave 3e-4 to 1e-3). The linear program itself closes them, and with ideal cuts
+(``ideal_cuts.py``, separated at the root) far more of them.
 
-One HiGHS model per candidate holds the root's relaxation (``tighten.RelaxationLP``);
-a subdomain only changes the bounds of its split neurons' columns and rows (an active
-split makes h - g >= 0 an equality and g >= 0, an inactive one h = 0 and g <= 0), so
-each solve warm-starts from the last basis. The bound is HiGHS' duals turned into a
+One HiGHS model per candidate holds the root's relaxation (``tighten.RelaxationLP``),
+with cuts an indicator column per triangle neuron; a subdomain only changes the bounds
+of its split neurons' columns and rows (an active split makes h - g >= 0 an equality,
+g >= 0 and z = 1, an inactive one h = 0, g <= 0 and z = 0), so each solve warm-starts
+from the last basis or its parent's. The bound is HiGHS' duals turned into a
 rigorous bound (``RelaxationLP.safe_min``), so a subdomain it closes is closed in sound
 arithmetic, like one closed by back-substitution; HiGHS' word alone closes nothing.
 """
@@ -22,6 +24,7 @@ import highspy
 import numpy as np
 
 from .domain import Box
+from .ideal_cuts import IdealCuts
 from .network import ReLUNetwork
 from .tighten import INF, RelaxationLP
 
@@ -42,12 +45,15 @@ class SubdomainLP:
         sign: float,
         lower: list[np.ndarray],
         upper: list[np.ndarray],
+        cuts: bool = False,
     ) -> None:
         self.lp = RelaxationLP(box.lo, box.hi)
         for k in range(layer):
             free = np.zeros(len(lower[k]), dtype=np.int8)
             self.lp.add_layer(net.weights[k], net.biases[k], lower[k], upper[k], free)
         self.lower, self.upper = lower, upper
+        #: with ``cuts``: indicator columns, then the ideal cuts ``strengthen`` separates
+        self.cuts = IdealCuts(self.lp, net.weights, net.biases) if cuts else None
         self.w_row = sign * net.weights[layer][neuron]
         self.bias = sign * float(net.biases[layer][neuron])
 
@@ -82,10 +88,23 @@ class SubdomainLP:
             rows = ge_rows.astype(np.int32)
             lp.highs.changeRowsBounds(rows.size, rows, np.zeros(uns.size), ge_hi)
             lp.row_hi[rows] = ge_hi
+            if self.cuts is not None:  # the indicator is the split's state
+                z = self.cuts.z_cols[k].astype(np.int32)
+                z_lo, z_hi = (s > 0).astype(np.float64), (s >= 0).astype(np.float64)
+                lp.highs.changeColsBounds(z.size, z, z_lo, z_hi)
+                lp.col_lo[z], lp.col_hi[z] = z_lo, z_hi
         value, x = lp.extreme(self.w_row, self.bias, True, time_limit)
         if value is None and lp.proves_empty():
             return -float("inf"), None
         return value, x
+
+    def strengthen(self, split: list[np.ndarray], rounds: int, time_limit: float) -> float | None:
+        """Bound the subdomain, add the ideal cuts its optimum violates, bound again, up to
+        ``rounds`` times (``IdealCuts.rounds``); returns the last bound. The cuts stay:
+        they hold in every subdomain."""
+        if self.cuts is None:
+            raise ValueError("strengthen needs a SubdomainLP built with cuts=True")
+        return self.cuts.rounds(lambda limit: self.bound(split, limit)[0], rounds, time_limit)
 
     def last_basis(self) -> object | None:
         """The basis of the last solve, when it ended optimal (for its children)."""
@@ -95,7 +114,8 @@ class SubdomainLP:
 
     def branching_hint(self) -> int:
         """The split that removes the last optimum of an open subdomain for the highest
-        estimated gain: over the free triangle neurons, the dual of the upper line times
+        estimated gain: over the free triangle neurons, the duals of the rows above h
+        (upper line; with cuts also big-M rows and cuts) times
         how far h sits above relu(g) (either split cuts that off); an index into the
         concatenated layers, -1 when no triangle is loose."""
         highs = self.lp.highs
@@ -104,11 +124,15 @@ class SubdomainLP:
         sol = highs.getSolution()
         z = np.asarray(sol.col_value, dtype=np.float64)
         y = np.asarray(sol.row_dual, dtype=np.float64)
+        extra = self.cuts.upper_duals(y) if self.cuts is not None else None
         best, pick, offset = 0.0, -1, 0
         for k, (uns, g_cols, h_cols, ge_rows) in enumerate(self.lp.triangles):
             if uns.size:
                 gap = z[h_cols] - np.maximum(z[g_cols], 0.0)
-                score = np.abs(y[ge_rows + uns.size]) * gap
+                lean = np.abs(y[ge_rows + uns.size])
+                if extra is not None:
+                    lean = lean + extra[k]
+                score = lean * gap
                 i = int(np.argmax(score))
                 if score[i] > best:
                     best, pick = float(score[i]), offset + int(uns[i])

@@ -84,14 +84,14 @@ class RelaxationLP:
         #: per added layer: its triangle-relaxed neurons, their g columns, their h
         #: columns and the rows of their h - g >= 0 (what a subdomain's split changes)
         self.triangles: list[tuple[np.ndarray, ...]] = []
-        self.inputs = self._add_cols(np.asarray(lo, float), np.asarray(hi, float))
+        self.inputs = self.add_cols(np.asarray(lo, float), np.asarray(hi, float))
         self._cost_cols = np.zeros(0, dtype=np.int32)
 
     @property
     def n_cols(self) -> int:
         return self.col_lo.size
 
-    def _add_cols(self, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    def add_cols(self, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
         n = lo.size
         idx = np.arange(self.n_cols, self.n_cols + n, dtype=np.int32)
         if n:
@@ -101,7 +101,7 @@ class RelaxationLP:
         self.col_hi = np.concatenate([self.col_hi, hi])
         return idx
 
-    def _add_rows(self, triplets: tuple, lo: np.ndarray, hi: np.ndarray) -> None:
+    def add_rows(self, triplets: tuple, lo: np.ndarray, hi: np.ndarray) -> None:
         """Rows lo <= A z <= hi with A given as (values, (rows, columns))."""
         csr = sp.csr_matrix(triplets, shape=(lo.size, self.n_cols))
         csr.sort_indices()
@@ -153,21 +153,21 @@ class RelaxationLP:
         unstable = ~inactive & ~active
         live = np.flatnonzero(~inactive | split_off)
         g_lo = np.where(active, np.maximum(lower, 0.0), lower)[live]
-        g_cols = self._add_cols(g_lo, upper[live])
+        g_cols = self.add_cols(g_lo, upper[live])
         # rows g_j - W_j h_prev = b_j
         sub = w[np.ix_(live, live_in)]
         r, c = np.nonzero(sub)
         rows = np.concatenate([np.arange(live.size), r])
         cols = np.concatenate([g_cols, prev[live_in][c]])
         vals = np.concatenate([np.ones(live.size), -sub[r, c]])
-        self._add_rows((vals, (rows, cols)), b[live], b[live])
+        self.add_rows((vals, (rows, cols)), b[live], b[live])
         out = np.full(w.shape[0], -1, dtype=np.int64)
         out[live] = g_cols
         out[split_off] = -1  # g <= 0 is kept as the column's bound; the output is 0
         uns = np.flatnonzero(unstable)
         if uns.size:
             lo_u, up_u = lower[uns], upper[uns]
-            h_cols = self._add_cols(np.zeros(uns.size), up_u)
+            h_cols = self.add_cols(np.zeros(uns.size), up_u)
             g_of = out[uns]
             slope, shift = upper_line(lo_u, up_u)
             k = np.arange(uns.size)
@@ -178,7 +178,7 @@ class RelaxationLP:
             vals = np.concatenate(
                 [np.ones(uns.size), -np.ones(uns.size), np.ones(uns.size), -slope]
             )
-            self._add_rows(
+            self.add_rows(
                 (vals, (rows, cols)),
                 np.concatenate([np.zeros(uns.size), np.full(uns.size, -INF)]),
                 np.concatenate([np.full(uns.size, INF), shift]),
@@ -506,22 +506,27 @@ def tighten_for_exact(
     return LayerBounds(lower, upper), stats
 
 
-def leaf_bound(net: ReLUNetwork, box, layer: int, neuron: int, sign: float, leaf: dict) -> float:
+def leaf_bound(
+    net: ReLUNetwork, box, layer: int, neuron: int, sign: float, leaf: dict, cut_rounds: int = 5
+) -> float:
     """Safe LP upper bound of sign * g (layer, neuron) over one closed subdomain of the
     branch and bound (``bab.prove_candidate(leaves=...)``): its splits as constraints,
-    its intermediate bounds for the triangles. An independent re-check of a BaB proof,
-    by HiGHS with the safe dual bound above instead of back-substitution; -inf when
-    a checked certificate shows the subdomain empty, +inf when HiGHS reports nothing
-    else useful."""
+    its intermediate bounds for the triangles, and ``cut_rounds`` rounds of ideal cuts
+    separated for this leaf alone (the prover's LPs close subdomains with cuts). An
+    independent re-check of a BaB proof, by HiGHS with the safe dual bound above
+    instead of back-substitution; -inf when a checked certificate shows the subdomain
+    empty, +inf when HiGHS reports nothing else useful."""
+    from .ideal_cuts import IdealCuts
+
     lp = RelaxationLP(box.lo, box.hi)
     for k in range(layer):
         split = np.asarray(leaf["split"][k], dtype=np.int8)
         lp.add_layer(
             net.weights[k], net.biases[k], leaf["lower"][k], leaf["upper"][k], split, constrain=True
         )
-    value, _ = lp.extreme(
-        sign * net.weights[layer][neuron], sign * float(net.biases[layer][neuron]), True, 60.0
-    )
+    w, b = sign * net.weights[layer][neuron], sign * float(net.biases[layer][neuron])
+    cuts = IdealCuts(lp, net.weights, net.biases)
+    value = cuts.rounds(lambda limit: lp.extreme(w, b, True, limit)[0], cut_rounds, 60.0)
     if value is not None:
         return value
     # an empty subdomain (contradicting splits) closes by a checked Farkas certificate

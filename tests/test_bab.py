@@ -234,9 +234,17 @@ def test_certify_reproves_milp_proofs_soundly():
 
 
 @pytest.mark.parametrize("seed", range(3))
-def test_bab_proofs_survive_an_lp_recheck(seed):
+@pytest.mark.parametrize("lps", [False, True])
+def test_bab_proofs_survive_an_lp_recheck(seed, lps, monkeypatch):
     """Every closed subdomain of a proof is closed again by an LP with safe dual bounds
-    (tighten.leaf_bound): HiGHS instead of back-substitution, the same certificate."""
+    (tighten.leaf_bound, its own cuts): HiGHS instead of back-substitution or the
+    prover's LP with its root's cuts, the same certificate. With ``lps`` the prover's
+    LPs close the subdomains (from the start, back-substitution weakened)."""
+    if lps:
+        monkeypatch.setattr(bab, "LP_FROM_LAYER", 1)
+        monkeypatch.setattr(bab, "LP_AFTER", 0.0)
+        monkeypatch.setattr(bab, "ROOT_STEPS", 0)
+        monkeypatch.setattr(bab, "STEPS", 0)
     net, box = _net(seed, (3, 8, 8, 2))
     bounds = interval_bounds(net, box)
     rechecked = 0
@@ -324,23 +332,24 @@ def test_subdomain_lp_bounds_every_point_of_its_subdomain():
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_bab_with_subdomain_lps_decides_like_the_oracle(seed, monkeypatch):
-    """Subdomains closed by their LP (here every open one, on every layer, given all the
-    time it wants) are closed soundly: every decision agrees with scipy's MILP."""
+    """Subdomains closed by their LP with ideal cuts (here every subdomain's, on every
+    layer, from the start) are closed soundly: every decision agrees with scipy's MILP."""
     monkeypatch.setattr(bab, "LP_FROM_LAYER", 1)
-    monkeypatch.setattr(bab, "LP_SHARE", 100.0)
     monkeypatch.setattr(bab, "LP_AFTER", 0.0)
-    monkeypatch.setattr(bab, "LP_STUCK_ONLY", False)
     net, box = _net(seed)
     bounds = interval_bounds(net, box)
-    used = 0.0
+    calls = cuts = 0
     for layer, j, side, gmin, gmax in _every_candidate(net, box):
         evidence = NeuronEvidence(net, box)
         search = CandidateSearch(evidence, bounds, (layer, j, side), CPU, lambda m: None)
         with bab.one_thread():
             out = search.advance(time.monotonic() + 10)
-        used += search.lp_seconds
+        if search.lp is not None:
+            calls += search.lp_calls
+            big_m = 2 * sum(t[0].size for t in search.lp.lp.triangles)
+            cuts += search.lp.cuts.rows.size - big_m
         _check(out, evidence, side, gmin, gmax, layer, j)
-    assert used > 0
+    assert calls > 0 and cuts > 0
 
 
 def _two_sided_net() -> tuple[ReLUNetwork, Box]:
