@@ -846,10 +846,11 @@ def run_bab(
     """Branch and bound on every candidate, layer by layer, so that each proof fixes a
     neuron for the candidates of later layers.
 
-    Each layer gets ``budget`` seconds per candidate (its pool, within ``deadline``),
-    shared in rounds: first ``budget`` each, then what is left of the pool split evenly
-    over the candidates still open, which resume where they stopped, so the time an easy
-    candidate leaves goes to the hard ones. With ``give_up`` the candidates left open
+    Each layer gets ``budget`` seconds per candidate and what the layers before it left
+    unused (its pool, within ``deadline``), shared in rounds: first ``budget`` each, then
+    what is left of the pool split evenly over the candidates still open, which resume
+    where they stopped, so the time an easy candidate leaves goes to the hard ones, of
+    its layer or a later one (5x100's hardest candidate is in its last layer). With ``give_up`` the candidates left open
     are marked undecided (the ``bab`` prover alone); without it they stay open for the
     MILP (``auto``), and stalled searches leave the rounds early. ``jobs`` candidates
     run side by side in threads; ``evidence`` is thread-safe, so a witness found by one
@@ -896,11 +897,14 @@ def run_bab(
     # one job runs in this thread, so that Ctrl-C stops it at once
     with one_thread(), ThreadPoolExecutor(jobs) if jobs > 1 else nullcontext() as pool:
         run = pool.map if pool is not None else map
+        pool_end = start
         for layer in sorted({c[0] for c in candidates}):
+            mine = sorted(c for c in candidates if c[0] == layer)
             todo: list[tuple[Candidate, CandidateSearch | None]] = [
-                (c, None) for c in sorted(c for c in candidates if c[0] == layer) if still_open(c)
+                (c, None) for c in mine if still_open(c)
             ]
-            end = min(deadline, time.monotonic() + budget * len(todo))
+            pool_end += budget * len(mine)
+            end = min(deadline, pool_end)
             share = budget
             while todo:
                 now = time.monotonic()

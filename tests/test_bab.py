@@ -193,6 +193,19 @@ def test_run_bab_turns_do_not_starve_the_candidates_after_a_hard_one(monkeypatch
     assert hard["seconds"] > 0.3 + 3 * 0.1  # its own share, then what the others left
 
 
+def test_run_bab_hands_the_time_a_layer_leaves_to_the_next(monkeypatch):
+    """An easy layer's unused pool goes to the hard candidate of the layer after it."""
+    monkeypatch.setattr(bab, "CandidateSearch", _ScriptedSearch)
+    monkeypatch.setattr(bab, "with_crown", lambda net, box, bounds, dev: bounds)
+    net, box = _net(4, (3, 12, 12, 10, 2))
+    evidence = NeuronEvidence(net, box)
+    cands = [(1, j, "pos") for j in range(1, 5)] + [(2, 0, "pos")]
+    stats = run_bab(evidence, None, cands, time.monotonic() + 60, print, "cpu", budget=0.3)
+    hard = next(o for o in stats.outcomes if o["layer"] == 3)
+    assert hard["status"] == "timeout"
+    assert hard["seconds"] > 0.3 + 4 * (0.3 - 0.1) - 0.1  # its share and layer 2's leftover
+
+
 @pytest.mark.parametrize("prover", ["bab", "auto", "milp"])
 def test_provers_agree_through_the_pipeline(prover):
     """Every prover gives the oracle's states (up to undecided) on the same network."""
