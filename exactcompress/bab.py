@@ -850,9 +850,10 @@ def run_bab(
     unused (its pool, within ``deadline``), shared in rounds: first ``budget`` each, then
     what is left of the pool split evenly over the candidates still open, which resume
     where they stopped, so the time an easy candidate leaves goes to the hard ones, of
-    its layer or a later one (5x100's hardest candidate is in its last layer). With ``give_up`` the candidates left open
-    are marked undecided (the ``bab`` prover alone); without it they stay open for the
-    MILP (``auto``), and stalled searches leave the rounds early. ``jobs`` candidates
+    its layer or a later one (5x100's hardest candidate is in its last layer). With
+    ``give_up`` the candidates left open are marked undecided (the ``bab`` prover
+    alone); without it they stay open for the MILP (``auto``), and stalled searches
+    leave the rounds early. ``jobs`` candidates
     run side by side in threads; ``evidence`` is thread-safe, so a witness found by one
     is seen by all."""
     dev = pick_device(device)

@@ -58,14 +58,20 @@ class SubdomainLP:
         self.bias = sign * float(net.biases[layer][neuron])
 
     def bound(
-        self, split: list[np.ndarray], time_limit: float, basis: object | None = None
+        self,
+        split: list[np.ndarray],
+        time_limit: float,
+        basis: object | None = None,
+        enough: float | None = 0.0,
     ) -> tuple[float | None, np.ndarray | None]:
         """Sound upper bound of sign * g over the subdomain with these splits (+1 active,
         -1 inactive, 0 free, per neuron of each layer), and the LP's input point; -inf
         for a subdomain that a checked Farkas certificate shows empty (contradicting
         splits, which back-substitution cannot see: the six highest open subdomains of
         a 4x100 candidate's tree after 60 s were all empty); (None, None)
-        when HiGHS reports nothing else useful. ``basis`` (``last_basis`` of the parent
+        when HiGHS reports nothing else useful. A bound <= ``enough`` (0: the
+        subdomain closes) need not be the LP's optimum: HiGHS stops once its duals
+        show one (``enough=None`` for the optimum). ``basis`` (``last_basis`` of the parent
         subdomain) is where the simplex starts, else from the last solve's; any basis
         gives the same bound, only sooner or later."""
         lp = self.lp
@@ -93,7 +99,7 @@ class SubdomainLP:
                 z_lo, z_hi = (s > 0).astype(np.float64), (s >= 0).astype(np.float64)
                 lp.highs.changeColsBounds(z.size, z, z_lo, z_hi)
                 lp.col_lo[z], lp.col_hi[z] = z_lo, z_hi
-        value, x = lp.extreme(self.w_row, self.bias, True, time_limit)
+        value, x = lp.extreme(self.w_row, self.bias, True, time_limit, enough)
         if value is None and lp.proves_empty():
             return -float("inf"), None
         return value, x

@@ -56,6 +56,13 @@ STAGE = "lp"
 #: relative safety pad added outwards to every LP bound before it is used
 REL_PAD = 1e-6
 INF = highspy.kHighsInf
+#: statuses whose duals ``extreme`` turns into a bound: the optimum, or the dual simplex
+#: stopped where its objective passed the ``enough`` asked for
+SOLVED = (highspy.HighsModelStatus.kOptimal, highspy.HighsModelStatus.kObjectiveBound)
+#: ``extreme(enough=...)`` lets HiGHS stop this far (relatively) past ``enough``, so that
+#: the safe bound of where it stopped, a little looser than HiGHS' objective, still
+#: reaches ``enough`` once the pad is added
+STOP_MARGIN = 1e-5
 
 Progress = Callable[[str], None]
 
@@ -189,10 +196,19 @@ class RelaxationLP:
         self.out_cols.append(out)
 
     def extreme(
-        self, w_row: np.ndarray, bias: float, maximize: bool, time_limit: float
+        self,
+        w_row: np.ndarray,
+        bias: float,
+        maximize: bool,
+        time_limit: float,
+        enough: float | None = None,
     ) -> tuple[float | None, np.ndarray | None]:
         """Sound bound on max (or min) of w_row . h_prev + bias over the relaxation, and
-        the LP's input point; (None, None) when HiGHS does not report an optimum."""
+        the LP's input point; (None, None) when HiGHS does not report an optimum.
+        With ``enough``, HiGHS' dual simplex may stop before the optimum once its
+        objective shows the max at most (the min at least) ``enough``: the bound is then
+        the safe dual bound of the duals it stopped at (every bound here is), and the
+        point is not an optimum (a subdomain that closes needs no more)."""
         prev = self.previous_outputs()
         live = np.flatnonzero(prev >= 0)
         cols = prev[live].astype(np.int32)
@@ -207,8 +223,13 @@ class RelaxationLP:
         # so far, not of this one: the limit is that plus ours
         limit = self.highs.getRunTime() + max(float(time_limit), 1e-3)
         self.highs.setOptionValue("time_limit", limit)
+        stop = INF
+        if enough is not None:  # HiGHS minimises sign * coef . z = value -+ bias
+            stop = bias - enough if maximize else enough - bias
+            stop += STOP_MARGIN * (1.0 + abs(stop))
+        self.highs.setOptionValue("objective_bound", stop)
         self.highs.run()
-        if self.highs.getModelStatus() != highspy.HighsModelStatus.kOptimal:
+        if self.highs.getModelStatus() not in SOLVED:
             return None, None
         sol = self.highs.getSolution()
         cost = np.zeros(self.n_cols)

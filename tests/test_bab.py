@@ -322,6 +322,7 @@ def test_subdomain_lp_bounds_every_point_of_its_subdomain():
     rng = np.random.default_rng(0)
     xs = rng.uniform(box.lo, box.hi, size=(20000, 4))
     gs = net.preactivations(xs)
+    stopped_early = 0
     for trial in range(6):
         pattern = [g[trial] > 0 for g in gs[:layer]]
         split = []
@@ -333,14 +334,20 @@ def test_subdomain_lp_bounds_every_point_of_its_subdomain():
         for k in range(layer):
             on = split[k] != 0
             inside &= ((gs[k][:, on] > 0) == (split[k][on] > 0)).all(axis=1)
-        value, x = lp.bound(split, 10.0)
+        # stopped as soon as the subdomain shows closed: still a bound, still closing it
+        early, _ = lp.bound(split, 10.0)
+        value, x = lp.bound(split, 10.0, enough=None)
         assert value is not None and x is not None
         assert gs[layer][inside, j].max() <= value
+        assert early is not None and gs[layer][inside, j].max() <= early
+        assert early <= 0 if value < -1e-4 else early == pytest.approx(value, abs=1e-7)
+        stopped_early += early > value + 1e-6
         root = prover.root()
         root.split = [torch.from_numpy(s)[None] for s in split]
         back, _, _ = prover.bound(root, 30)
         # the LP's bound carries a safety pad of 1e-6 (1 + |value|) (tighten.REL_PAD)
         assert value <= float(back[0]) + 2e-6 * (1 + abs(float(back[0])))
+    assert stopped_early > 0
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -446,7 +453,7 @@ def test_a_child_lp_from_its_parents_basis_gives_the_same_bound():
     *_, cold = _deep_lp()
     rng = np.random.default_rng(1)
     parent = [np.zeros(len(lo), dtype=np.int8) for lo in lower]
-    warm.bound(parent, 10.0)
+    warm.bound(parent, 10.0, enough=None)
     basis = warm.last_basis()
     assert basis is not None
     for _ in range(6):
@@ -454,8 +461,8 @@ def test_a_child_lp_from_its_parents_basis_gives_the_same_bound():
         free = np.flatnonzero((lower[k] < 0) & (upper[k] > 0) & (parent[k] == 0))
         child = [s.copy() for s in parent]
         child[k][rng.choice(free)] = rng.choice([-1, 1])
-        a, _ = warm.bound(child, 10.0, basis)
-        b, _ = cold.bound(child, 10.0)
+        a, _ = warm.bound(child, 10.0, basis, enough=None)
+        b, _ = cold.bound(child, 10.0, enough=None)
         assert (a is None) == (b is None)
         if a is not None:
             assert abs(a - b) <= 1e-7 * (1 + abs(b))
@@ -466,7 +473,7 @@ def test_the_lp_branching_hint_names_a_free_loose_neuron():
     uses (h above relu(g) there), and there is none once every neuron is split."""
     net, box, lower, upper, lp = _deep_lp()
     split = [np.zeros(len(lo), dtype=np.int8) for lo in lower]
-    value, _ = lp.bound(split, 10.0)
+    value, _ = lp.bound(split, 10.0, enough=None)
     assert value is not None
     hint = lp.branching_hint()
     sizes = np.cumsum([0] + [len(lo) for lo in lower])
@@ -484,6 +491,6 @@ def test_the_lp_branching_hint_names_a_free_loose_neuron():
         np.where((lo < 0) & (up > 0), np.where(g[0] > 0, 1, -1), 0).astype(np.int8)
         for lo, up, g in zip(lower, upper, point)
     ]
-    value, _ = lp.bound(every, 10.0)
+    value, _ = lp.bound(every, 10.0, enough=None)
     assert value is not None and value > -np.inf
     assert lp.branching_hint() == -1
