@@ -17,8 +17,11 @@ Bounds of a subdomain (beta-CROWN, Wang et al. 2021, without its input-split par
   max f over the subdomain <= max over the relaxation of f + beta s g.
 
 Any alpha in [0, 1] and beta >= 0 give a valid bound, so they are optimised by
-projected gradient steps and the best bound seen is kept. Every bound is evaluated in
-float64 and widened by a bound on its rounding error (the analysis of
+projected gradient steps and the best bound seen is kept. A deep candidate that this
+does not close within LP_AFTER seconds starts again from the root with linear
+programs: every subdomain's LP, the same relaxation strengthened by ideal cuts
+(``bab_lp.py``, ``ideal_cuts.py``), is solved before the subdomain is split. Every
+bound is evaluated in float64 and widened by a bound on its rounding error (the analysis of
 ``exactcompress.bounds``): a closed subdomain is a proof in sound arithmetic, not a
 solver's floating-point word. The point where the final linear bound is maximised is
 forward-passed as a witness candidate, and gradient search is started from the most
