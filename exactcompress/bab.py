@@ -761,26 +761,39 @@ class CandidateSearch:
             or self.bab_seconds < LP_AFTER
         ):
             return
-        self._build_lp(deadline)
+        left_open = len(self.open_set)
+        root_lp = self._build_lp(deadline)
         root = self.root.take(torch.zeros(1, dtype=torch.int64, device=self.prover.dev))
         root.lp_due[:] = True
         self.open_set = root
         if self.leaves is not None:  # the proof is the new tree's leaves
             self.leaves.clear()
+        layer, j, _ = self.cand
+        said = "no bound" if root_lp is None else f"{root_lp:.3g}"
+        self.progress(
+            f"  bab layer {layer + 1} neuron {j}: {left_open} subdomains open after "
+            f"{self.bab_seconds:.0f} s of back-substitution; again from the root with "
+            f"subdomain LPs (root LP with {self.lp.n_cuts()} ideal cuts: {said})"
+        )
 
-    def _build_lp(self, deadline: float) -> None:
+    def _build_lp(self, deadline: float) -> float | None:
         """The candidate's subdomain LP over the root's bounds, with CUT_ROUNDS rounds of
-        ideal cuts separated at the root."""
+        ideal cuts separated at the root; returns the root's LP bound (None when not
+        solved)."""
         p = self.prover
         lower = [t.cpu().numpy() for t in p.root_lower]
         upper = [t.cpu().numpy() for t in p.root_upper]
         net, box = self.evidence.net, self.evidence.box
         start = time.monotonic()
         self.lp = SubdomainLP(net, box, *p.target, lower, upper, cuts=CUT_ROUNDS > 0)
+        root = [np.zeros(t.shape[0], dtype=np.int8) for t in p.root_lower]
+        limit = max(0.0, min(LP_SECONDS, deadline - start))
         if CUT_ROUNDS > 0:
-            root = [np.zeros(t.shape[0], dtype=np.int8) for t in p.root_lower]
-            self.lp.strengthen(root, CUT_ROUNDS, max(0.0, min(LP_SECONDS, deadline - start)))
+            value = self.lp.strengthen(root, CUT_ROUNDS, limit)
+        else:
+            value, _ = self.lp.bound(root, limit)
         self.lp_seconds += time.monotonic() - start
+        return value
 
 
 def _keep_leaves(leaves: list[dict] | None, dom: _Domains, closed: torch.Tensor) -> None:

@@ -112,6 +112,12 @@ class SubdomainLP:
             raise ValueError("strengthen needs a SubdomainLP built with cuts=True")
         return self.cuts.rounds(lambda limit: self.bound(split, limit)[0], rounds, time_limit)
 
+    def n_cuts(self) -> int:
+        """How many ideal cuts the model holds (big-M rows not counted)."""
+        if self.cuts is None:
+            return 0
+        return self.cuts.rows.size - 2 * sum(t[0].size for t in self.lp.triangles)
+
     def last_basis(self) -> object | None:
         """The basis of the last solve, when it ended optimal (for its children)."""
         if self.lp.highs.getModelStatus() != highspy.HighsModelStatus.kOptimal:
