@@ -68,12 +68,12 @@ FSB_TOP = 32
 #: linear programs of open subdomains (bab_lp.py, with ideal cuts): once a search has
 #: spent LP_AFTER seconds on back-substitution, it starts again from the root, and from
 #: then on every subdomain's LP is solved before the subdomain is split; None turns them
-#: off. Most candidates close sooner by back-substitution alone (2-3 s on 5x100); the
-#: others close by LPs with a few hundred subdomains, against tens of thousands left
-#: open by back-substitution (4x100's layer-4 n28: proved with 49 subdomains in 12 s,
-#: open after 300 s without the LPs). The restart drops a frontier of hundreds of
-#: subdomains that have no parent basis to warm-start from and whose ancestors an LP
-#: would have closed (that frontier held n28 open for 300 s)
+#: off. Most candidates close sooner by back-substitution alone (2-3 s on 5x100). 4x100's
+#: layer-4 n28 is proved after about 1000 subdomains in 10-16 s this way (49 subdomains
+#: in 12 s with LPs from the start), where triangle LPs on a share of the search's time
+#: left it open after 300 s. The restart drops a frontier of hundreds of subdomains that
+#: have no parent basis to warm-start from and whose ancestors an LP would have closed
+#: (LPs on that frontier instead of a restart still left n28 open at 300 s)
 LP_AFTER: float | None = 3.0
 #: ... only for candidates with at least this many layers before them: one layer's
 #: back-substitution bound is near its LP already, while the LP's first solve on a wide
@@ -83,8 +83,8 @@ LP_FROM_LAYER = 2
 LP_BRANCH = True
 #: rounds of ideal cuts (ideal_cuts.py) separated at the root of a candidate's LP, 0 for
 #: none; the cuts stay in its LP for every subdomain. On 4x100's last candidate five
-#: rounds took the root LP from 8.0e-3 to 4.3e-3 and closed all of 40 subdomains that
-#: the triangle LP left 20 of open
+#: rounds took the root LP from 8.0e-3 to 4.3e-3; of 40 subdomains left open by 60 s of
+#: back-substitution, the LP with these cuts closed all 40, the triangle LP 20
 CUT_ROUNDS = 5
 #: time limit of one subdomain's linear program (a cold start takes the longest)
 LP_SECONDS = 5.0
@@ -147,8 +147,8 @@ class _Domains:
     #: -1 for none): the free neuron whose triangle the LP optimum leans on most
     hint: torch.Tensor
     #: per subdomain, whether its linear program is due before it may be split (set for
-    #: children whose back-substitution bound stuck at their parent's, cleared once
-    #: solved): an LP that closes it spares the whole subtree a split would grow
+    #: the restarted root and every child left open once the search has its LP, cleared
+    #: once solved): an LP that closes it spares the whole subtree a split would grow
     lp_due: torch.Tensor
 
     def __len__(self) -> int:
@@ -698,10 +698,10 @@ class CandidateSearch:
             self.open_set = _Domains.cat([rest, still]) if len(rest) else still
             if len(self.open_set) == 0:
                 return "proved", float(bound.max())
-            self._say(start)
+            self._say()
 
-    def _say(self, start: float) -> None:
-        """A progress line every PROGRESS_EVERY seconds (``start``: of this turn)."""
+    def _say(self) -> None:
+        """A progress line every PROGRESS_EVERY seconds."""
         now = time.monotonic()
         if now - self.last_say < PROGRESS_EVERY or self.open_set is None:
             return
@@ -711,7 +711,7 @@ class CandidateSearch:
             f"  bab layer {layer + 1} neuron {j}: {self.domains} subdomains bounded, "
             f"{len(self.open_set)} open, depth {self.depth}, "
             f"worst bound {float(self.open_set.bound.max()):.3g}, "
-            f"{self.lp_calls} LPs, {self.seconds + now - start:.0f} s"
+            f"{self.lp_calls} LPs, {self.seconds + now - self.turn_start:.0f} s"
         )
 
     def _solve_due_lps(self, dom: _Domains, deadline: float) -> tuple[_Domains, float]:
@@ -742,7 +742,7 @@ class CandidateSearch:
                 bound[i] = value
             if x is not None:
                 points.append(x)
-            self._say(self.turn_start)
+            self._say()
         if points:
             self.evidence.observe(np.array(points), STAGE)
         dom.bound = bound  # never above the bound it had
@@ -869,9 +869,8 @@ def run_bab(
     its layer or a later one (5x100's hardest candidate is in its last layer). With
     ``give_up`` the candidates left open are marked undecided (the ``bab`` prover
     alone); without it they stay open for the MILP (``auto``), and stalled searches
-    leave the rounds early. ``jobs`` candidates
-    run side by side in threads; ``evidence`` is thread-safe, so a witness found by one
-    is seen by all."""
+    leave the rounds early. ``jobs`` candidates run side by side in threads;
+    ``evidence`` is thread-safe, so a witness found by one is seen by all."""
     dev = pick_device(device)
     stats = BabStats(candidates=len(candidates))
     start = time.monotonic()

@@ -114,9 +114,7 @@ class SubdomainLP:
 
     def n_cuts(self) -> int:
         """How many ideal cuts the model holds (big-M rows not counted)."""
-        if self.cuts is None:
-            return 0
-        return self.cuts.rows.size - 2 * sum(t[0].size for t in self.lp.triangles)
+        return 0 if self.cuts is None else self.cuts.n_cuts
 
     def last_basis(self) -> object | None:
         """The basis of the last solve, when it ended optimal (for its children)."""

@@ -69,6 +69,12 @@ class IdealCuts:
             self.layers.append((w, biases[k][uns].astype(np.float64), in_cols, low_end, high_end))
             if uns.size:
                 self._add_big_m(k, g_cols, h_cols, z)
+        self.n_big_m = self.rows.size  # separated cuts come after these rows
+
+    @property
+    def n_cuts(self) -> int:
+        """How many cuts ``separate`` has added (big-M rows not counted)."""
+        return self.rows.size - self.n_big_m
 
     def _add_big_m(self, k: int, g_cols: np.ndarray, h_cols: np.ndarray, z: np.ndarray) -> None:
         """h <= U z and h <= g - L (1 - z): with z free their projection is the triangle,
