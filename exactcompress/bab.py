@@ -586,7 +586,8 @@ class CandidateSearch:
         self.prover = CandidateProver(
             evidence.net, evidence.box, bounds, states, layer, j, sign, device
         )
-        self.lp: SubdomainLP | None = None  # built when first needed
+        self.lp: SubdomainLP | None = None  # set once its root LP is solved (the restart)
+        self._unsolved_lp: SubdomainLP | None = None  # built, its root LP not solved yet
         self.bab_seconds = self.lp_seconds = 0.0  # back-substitution and LP time
         self.lp_calls = 0
         self.last_say = time.monotonic()  # of the last progress line
@@ -763,36 +764,45 @@ class CandidateSearch:
             return
         left_open = len(self.open_set)
         root_lp = self._build_lp(deadline)
+        if root_lp is None:  # the turn ended first: keep the frontier, go on next turn
+            return
         root = self.root.take(torch.zeros(1, dtype=torch.int64, device=self.prover.dev))
         root.lp_due[:] = True
         self.open_set = root
         if self.leaves is not None:  # the proof is the new tree's leaves
             self.leaves.clear()
         layer, j, _ = self.cand
-        said = "no bound" if root_lp is None else f"{root_lp:.3g}"
         self.progress(
             f"  bab layer {layer + 1} neuron {j}: {left_open} subdomains open after "
             f"{self.bab_seconds:.0f} s of back-substitution; again from the root with "
-            f"subdomain LPs (root LP with {self.lp.n_cuts()} ideal cuts: {said})"
+            f"subdomain LPs (root LP with {self.lp.n_cuts()} ideal cuts: {root_lp:.3g})"
         )
 
     def _build_lp(self, deadline: float) -> float | None:
         """The candidate's subdomain LP over the root's bounds, with CUT_ROUNDS rounds of
-        ideal cuts separated at the root; returns the root's LP bound (None when not
-        solved)."""
+        ideal cuts separated at the root; returns the root's LP bound and sets
+        ``self.lp``, or returns None when the turn (at most LP_SECONDS) ended first. The
+        unsolved model is kept and the next call resumes from its last basis: with 43
+        candidates sharing a layer, turns of a few seconds never solved a root LP in one
+        go, and restarting without one threw the frontier away for nothing."""
         p = self.prover
-        lower = [t.cpu().numpy() for t in p.root_lower]
-        upper = [t.cpu().numpy() for t in p.root_upper]
-        net, box = self.evidence.net, self.evidence.box
         start = time.monotonic()
-        self.lp = SubdomainLP(net, box, *p.target, lower, upper, cuts=CUT_ROUNDS > 0)
+        if self._unsolved_lp is None:
+            lower = [t.cpu().numpy() for t in p.root_lower]
+            upper = [t.cpu().numpy() for t in p.root_upper]
+            net, box = self.evidence.net, self.evidence.box
+            cuts = CUT_ROUNDS > 0
+            self._unsolved_lp = SubdomainLP(net, box, *p.target, lower, upper, cuts=cuts)
+        lp = self._unsolved_lp
         root = [np.zeros(t.shape[0], dtype=np.int8) for t in p.root_lower]
         limit = max(0.0, min(LP_SECONDS, deadline - start))
         if CUT_ROUNDS > 0:
-            value = self.lp.strengthen(root, CUT_ROUNDS, limit)
+            value = lp.strengthen(root, CUT_ROUNDS, limit)
         else:
-            value, _ = self.lp.bound(root, limit)
+            value, _ = lp.bound(root, limit)
         self.lp_seconds += time.monotonic() - start
+        if value is not None:
+            self.lp, self._unsolved_lp = lp, None
         return value
 
 

@@ -101,9 +101,10 @@ class IdealCuts:
         """``solve(time_limit)`` (an upper bound of the LP, from its current model), then
         up to ``rounds`` times: add the cuts its optimum violates and solve again; stops
         sooner when the bound is <= 0 (closed), nothing is violated or time is up.
-        Returns the last bound."""
+        Returns the lowest bound (a bound before a round's cuts still holds after it),
+        None when not even the first solve gave one."""
         end = time.monotonic() + time_limit
-        value = solve(time_limit)
+        value = best = solve(time_limit)
         for _ in range(rounds):
             now = time.monotonic()
             if value is None or value <= 0 or now >= end:
@@ -112,7 +113,9 @@ class IdealCuts:
             if not self.separate(point):
                 break
             value = solve(end - now)
-        return value
+            if value is not None:
+                best = min(best, value)
+        return best
 
     def separate(self, point: np.ndarray) -> int:
         """Add the most violated cut of every triangle neuron that ``point`` (a column

@@ -212,7 +212,11 @@ class RelaxationLP:
         prev = self.previous_outputs()
         live = np.flatnonzero(prev >= 0)
         cols = prev[live].astype(np.int32)
-        coef = w_row[live]
+        scale = cost_scale(w_row[live])
+        coef = w_row[live] * scale
+        bias = float(bias) * scale
+        if enough is not None:
+            enough = enough * scale
         sign = -1.0 if maximize else 1.0
         stale = np.setdiff1d(self._cost_cols, cols)
         if stale.size:
@@ -238,9 +242,11 @@ class RelaxationLP:
         if not np.isfinite(low):
             return None, None
         x = np.asarray(sol.col_value, dtype=np.float64)[self.inputs]
-        # max = -min(-c.z) + b, min = min(c.z) + b, then the outward pad
+        # max = -min(-c.z) + b, min = min(c.z) + b, then the outward pad; dividing by a
+        # power of two is exact
         value = (-low if maximize else low) + bias
         value += (1 if maximize else -1) * (2 * EPS64 * (abs(low) + abs(bias)) + 1e-300)
+        value /= scale
         pad = REL_PAD * (1.0 + abs(value))
         return (value + pad if maximize else value - pad), x
 
@@ -279,6 +285,19 @@ class RelaxationLP:
             + np.abs(col_terms).sum()
         )
         return float(value - 2 * (m + n + 4) * EPS64 * mass - 1e-300)
+
+
+def cost_scale(coef: np.ndarray) -> float:
+    """The power of two that brings the largest |coefficient| of an objective near 1.
+
+    HiGHS scales rows and columns but not the objective, and its dual feasibility
+    tolerance (1e-7) is absolute: on a layer-2 neuron of an L1-regularised 2x800 network
+    (weights up to 2.3e-5) the unscaled triangle LP took 30596 simplex iterations against
+    4515 scaled. A power of two keeps the scaling exact."""
+    big = float(np.abs(coef).max()) if coef.size else 0.0
+    if not np.isfinite(big) or big == 0.0:
+        return 1.0
+    return float(2.0 ** np.clip(-np.round(np.log2(big)), -60, 60))
 
 
 def _widen(block: sp.csr_matrix, n: int) -> sp.csr_matrix:

@@ -371,6 +371,45 @@ def test_bab_with_subdomain_lps_decides_like_the_oracle(seed, monkeypatch):
     assert calls > 0 and cuts > 0
 
 
+def test_a_root_lp_cut_short_by_its_turn_is_resumed_not_rebuilt(monkeypatch):
+    """A turn that ends before the candidate's root LP is solved keeps its open
+    subdomains (no restart without an LP bound) and the half-solved model; the next try
+    resumes that same model, restarts once with a root bound, and decides like scipy's
+    MILP."""
+    from exactcompress.bab_lp import SubdomainLP
+
+    monkeypatch.setattr(bab, "LP_FROM_LAYER", 1)
+    monkeypatch.setattr(bab, "LP_AFTER", 0.0)
+    real = SubdomainLP.strengthen
+    models: list[SubdomainLP] = []
+
+    def first_try_runs_out(self, split, rounds, time_limit):
+        models.append(self)
+        return None if len(models) == 1 else real(self, split, rounds, time_limit)
+
+    monkeypatch.setattr(SubdomainLP, "strengthen", first_try_runs_out)
+    net, box = _net(1)
+    bounds = interval_bounds(net, box)
+    resumed = 0
+    for layer, j, side, gmin, gmax in _every_candidate(net, box):
+        models.clear()
+        said: list[str] = []
+        evidence = NeuronEvidence(net, box)
+        search = CandidateSearch(evidence, bounds, (layer, j, side), CPU, said.append)
+        with bab.one_thread():
+            out = search.advance(time.monotonic())  # a turn over before it starts
+            if out.status == "timeout":
+                assert models and search.lp is None and len(search.open_set) == 1
+                out = search.advance(time.monotonic() + 10)
+        _check(out, evidence, side, gmin, gmax, layer, j)
+        if len(models) >= 2:
+            resumed += 1
+            assert models[0] is models[1] is search.lp
+            restarts = [m for m in said if "again from the root" in m]
+            assert len(restarts) == 1 and "no bound" not in restarts[0]
+    assert resumed > 0
+
+
 def _two_sided_net() -> tuple[ReLUNetwork, Box]:
     """x in [0, 1]; g_a = x - 0.5 and g_b = 0.2 - x are both unstable, and both active
     only where x >= 0.5 and x <= 0.2: nowhere."""

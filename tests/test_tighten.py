@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from oracle import assert_matches, milp_states, naive_bounds, random_net
+from oracle import assert_matches, milp_extremes, milp_states, naive_bounds, random_net
 
 from exactcompress import Box, ReLUNetwork, StabilityOptions, find_stable_neurons
 from exactcompress.bounds import compute_bounds, decide_from_bounds
 from exactcompress.cli import build_parser, options_from
 from exactcompress.errors import ExactCompressError
 from exactcompress.report import NeuronEvidence
-from exactcompress.tighten import RelaxationLP, lp_tighten
+from exactcompress.tighten import RelaxationLP, cost_scale, lp_tighten
 
 FAST = {"samples": 2000}
 SHAPE = [5, 12, 12, 12, 3]
@@ -116,3 +116,37 @@ def test_each_lp_solve_gets_its_own_time_limit():
         for s in (1.0, -1.0):
             values.append(lp.extreme(s * weights[1][0], 0.0, True, limit)[0])
     assert None not in values
+
+
+def test_cost_scale_is_a_power_of_two_near_the_largest_coefficient():
+    for big in (2.3e-5, 1.0, 0.7, 3e4):
+        scale = cost_scale(np.array([big / 3, -big]))
+        assert np.log2(scale) == np.round(np.log2(scale))
+        assert 0.7 <= big * scale <= 1.5
+    assert cost_scale(np.zeros(4)) == 1.0
+    assert cost_scale(np.zeros(0)) == 1.0
+    assert cost_scale(np.array([1e-300])) == 2.0**60  # capped: bias * scale stays finite
+
+
+@pytest.mark.parametrize("tiny", [2.0**-17, 3e-6])
+def test_tiny_objectives_give_the_same_sound_bound(tiny):
+    """An L1-regularised neuron's weights can be 1e-5: the LP objective is scaled before
+    HiGHS sees it (its dual tolerance is absolute) and scaled back exactly. The bound of
+    a tiny multiple of a row is that multiple of the row's bound (up to the outward
+    pad) and never below the true maximum (scipy's MILP)."""
+    rng = np.random.default_rng(5)
+    weights, biases = random_net(rng, [6, 20, 20, 4, 1])
+    box = Box.uniform(6)
+    layer_bounds = naive_bounds(weights, biases, box.lo, box.hi)
+    lp = RelaxationLP(box.lo, box.hi)
+    for k in range(2):
+        lower, upper = (np.array(t) for t in layer_bounds[k])
+        lp.add_layer(weights[k], biases[k], lower, upper, np.zeros(20, dtype=np.int8))
+    row, bias = weights[2][0], float(biases[2][0])
+    _, gmax = milp_extremes(weights, biases, box.lo, box.hi, 2, 0)
+    plain, _ = lp.extreme(row, bias, True, 10.0)
+    small, _ = lp.extreme(tiny * row, tiny * bias, True, 10.0)
+    assert small >= tiny * gmax
+    assert small == pytest.approx(tiny * plain, rel=1e-6, abs=2e-6)
+    held = np.abs(np.asarray(lp.highs.getLp().col_cost_)).max()
+    assert 0.5 <= held <= 2.0  # what HiGHS was given
