@@ -260,6 +260,27 @@ def test_hard_table_counts_candidates_speedups_and_targets(tmp_path):
     stuck_lines = tables.hard_tables(stuck)
     assert any(line.endswith("| 90.0* | 90.0* | ? |") for line in stuck_lines)
     assert sum("**undetermined**" in line for line in stuck_lines) == 3  # g: 90 s < 300 s
+    # runs at the limit that cannot move the median below the target leave it met: with
+    # a and d at 150x and 40x, two models where both stopped are at worst 0x each, and
+    # the median of (0, 0, 40, 150) is still 20x
+    both_stuck = [
+        hard_row(m, c, "2x100", 784, 300.0, complete=False)
+        for m in ("h", "i")
+        for c in ("full", "milp-interval")
+    ]
+    more = [r for r in rows if r["model"] in ("a", "d")] + both_stuck
+    more_lines = tables.hard_tables(more)
+    speedup = next(x for x in more_lines if x.startswith("| median speed-up `full` over `milp"))
+    assert "2 with both runs at the limit, so at least 20.0x" in speedup
+    assert "**met**" in speedup
+    # ... and with three such models the worst case (0x) is below it: undetermined
+    three = more + [
+        hard_row("j", c, "2x100", 784, 300.0, complete=False) for c in ("full", "milp-interval")
+    ]
+    speedup = next(
+        x for x in tables.hard_tables(three) if x.startswith("| median speed-up `full` over `milp")
+    )
+    assert "**undetermined**" in speedup
     # not a hard-suite comparison (no milp-interval run): no hard table
     assert tables.hard_tables([r for r in rows if r["config"] != "milp-interval"]) == []
 
