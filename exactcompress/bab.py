@@ -520,7 +520,7 @@ def with_crown(net: ReLUNetwork, box: Box, bounds: LayerBounds, device) -> Layer
 def one_thread() -> Iterator[None]:
     """Branch and bound runs many small tensor operations, for which torch's thread pool
     costs more than it gives (30x slower seen on 2 busy cores); --jobs runs candidates
-    side by side instead."""
+    and subdomain LPs side by side instead."""
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -590,6 +590,10 @@ class CandidateSearch:
         self._unsolved_lp: SubdomainLP | None = None  # built, its root LP not solved yet
         self.bab_seconds = self.lp_seconds = 0.0  # back-substitution and LP time
         self.lp_calls = 0
+        #: subdomain LPs solved side by side (``run_bab`` sets it per turn); copies of
+        #: ``lp`` for the other threads
+        self.lp_threads = 1
+        self._lp_copies: list[SubdomainLP] = []
         self.last_say = time.monotonic()  # of the last progress line
         self.turn_start = 0.0  # when the current advance() began
         self.open_set: _Domains | None = None  # None until the root is bounded
@@ -717,33 +721,58 @@ class CandidateSearch:
 
     def _solve_due_lps(self, dom: _Domains, deadline: float) -> tuple[_Domains, float]:
         """Solve the linear programs due (``lp_due``) of these subdomains before they are
-        split, highest bound first; returns the subdomains still open and the highest
-        bound of those it closed. Solving them here rather than when they are made
-        spends LPs only on subdomains that reach the top of the open set (each one it
-        closes is a subtree never grown)."""
+        split, highest bound first, ``lp_threads`` at a time; returns the subdomains
+        still open and the highest bound of those it closed. Solving them here rather
+        than when they are made spends LPs only on subdomains that reach the top of the
+        open set (each one it closes is a subtree never grown)."""
         none = -float("inf")
         if self.lp is None or not bool(dom.lp_due.any()):
             return dom, none
+        order = torch.argsort(dom.bound, descending=True).tolist()
+        due = [i for i in order if dom.lp_due[i]]
+        splits = {i: [t[i].cpu().numpy() for t in dom.split] for i in due}
+        bases = {i: dom.basis[i] for i in due}
+        todo = iter(due)
+        results: dict[int, tuple] = {}
+        lock, stop = threading.Lock(), threading.Event()
+
+        def drain(lp: SubdomainLP, main: bool) -> None:
+            """Solve due subdomains on this model until none is left or time is up."""
+            while not stop.is_set():
+                with lock:
+                    i = next(todo, None)
+                now = time.monotonic()
+                if i is None or now >= deadline or self.refuted():
+                    return
+                value, x = lp.bound(splits[i], min(LP_SECONDS, deadline - now), bases[i])
+                open_ = value is not None and value > 0
+                hint = lp.branching_hint() if LP_BRANCH and open_ else None
+                results[i] = (value, x, lp.last_basis(), hint)
+                with lock:
+                    self.lp_seconds += time.monotonic() - now
+                    self.lp_calls += 1
+                if main:
+                    self._say()
+
+        models = self._lp_models(min(self.lp_threads, len(due)))
+        with ThreadPoolExecutor(len(models) - 1) if len(models) > 1 else nullcontext() as pool:
+            others = [pool.submit(drain, lp, False) for lp in models[1:]]
+            try:
+                drain(models[0], True)  # in this thread, so that Ctrl-C stops it at once
+            finally:
+                stop.set()  # the other threads finish the LP they are in
+                for f in others:
+                    f.result()
         bound, points = dom.bound.clone(), []
-        for i in torch.argsort(bound, descending=True).tolist():
-            now = time.monotonic()
-            if now >= deadline:
-                break
-            if not dom.lp_due[i]:
-                continue
+        for i, (value, x, basis, hint) in results.items():
             dom.lp_due[i] = False
-            split = [t[i].cpu().numpy() for t in dom.split]
-            value, x = self.lp.bound(split, min(LP_SECONDS, deadline - now), dom.basis[i])
-            dom.basis[i] = self.lp.last_basis() or dom.basis[i]
-            if LP_BRANCH and value is not None and value > 0:
-                dom.hint[i] = self.lp.branching_hint()
-            self.lp_seconds += time.monotonic() - now
-            self.lp_calls += 1
+            dom.basis[i] = basis or dom.basis[i]
+            if hint is not None:
+                dom.hint[i] = hint
             if value is not None and value < bound[i]:
                 bound[i] = value
             if x is not None:
                 points.append(x)
-            self._say()
         if points:
             self.evidence.observe(np.array(points), STAGE)
         dom.bound = bound  # never above the bound it had
@@ -751,6 +780,13 @@ class CandidateSearch:
         _keep_leaves(self.leaves, dom, closed)
         closed_bound = float(bound[closed].max()) if bool(closed.any()) else none
         return dom.take(torch.nonzero(~closed).reshape(-1)), closed_bound
+
+    def _lp_models(self, n: int) -> list[SubdomainLP]:
+        """``n`` independent copies of the candidate's LP (``SubdomainLP.clone``), the
+        first the LP itself; copies are made once and kept."""
+        while len(self._lp_copies) < n - 1:
+            self._lp_copies.append(self.lp.clone())
+        return [self.lp, *self._lp_copies[: n - 1]]
 
     def _restart_with_lps(self, deadline: float) -> None:
         """Past LP_AFTER seconds of back-substitution (on a deep enough candidate): build
@@ -879,8 +915,9 @@ def run_bab(
     its layer or a later one (5x100's hardest candidate is in its last layer). With
     ``give_up`` the candidates left open are marked undecided (the ``bab`` prover
     alone); without it they stay open for the MILP (``auto``), and stalled searches
-    leave the rounds early. ``jobs`` candidates run side by side in threads;
-    ``evidence`` is thread-safe, so a witness found by one is seen by all."""
+    leave the rounds early. ``jobs`` candidates run side by side in threads, and the
+    threads fewer candidates leave solve their subdomain LPs (``jobs`` // candidates
+    each); ``evidence`` is thread-safe, so a witness found by one is seen by all."""
     dev = pick_device(device)
     stats = BabStats(candidates=len(candidates))
     start = time.monotonic()
@@ -908,12 +945,16 @@ def run_bab(
                 f"{stats.refuted} refuted"
             )
 
-    def turn(cand: Candidate, search: CandidateSearch | None, share: float, end: float):
+    def turn(
+        cand: Candidate, search: CandidateSearch | None, share: float, end: float, threads: int
+    ):
         """One turn of one candidate, ``share`` seconds from when it starts (turns run one
-        after another, or ``jobs`` at a time); returns its search while it stays open."""
+        after another, or ``jobs`` at a time), its subdomain LPs ``threads`` at a time;
+        returns its search while it stays open."""
         if not still_open(cand):
             return None  # refuted by another candidate's witness meanwhile
         search = search or CandidateSearch(evidence, bounds, cand, dev, progress, stall=not give_up)
+        search.lp_threads = threads
         out = search.advance(min(end, time.monotonic() + share))
         if out.status != "timeout" or time.monotonic() >= end:
             finish(cand, out)
@@ -946,7 +987,8 @@ def run_bab(
                     break
                 parallel = min(max(1, jobs), len(todo))
                 share = min(share, max(MIN_SLICE, (end - now) * parallel / len(todo)))
-                turns = list(run(lambda item, s=share, e=end: turn(*item, s, e), todo))
+                threads = max(1, jobs // parallel)  # the jobs no candidate takes go to LPs
+                turns = list(run(lambda item, a=(share, end, threads): turn(*item, *a), todo))
                 todo = [item for item in turns if item is not None]
                 share = float("inf")
                 if todo and time.monotonic() < end:

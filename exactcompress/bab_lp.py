@@ -20,6 +20,8 @@ arithmetic, like one closed by back-substitution; HiGHS' word alone closes nothi
 
 from __future__ import annotations
 
+import copy
+
 import highspy
 import numpy as np
 
@@ -64,6 +66,17 @@ class SubdomainLP:
         self.cuts = IdealCuts(self.lp, net.weights, net.biases) if cuts else None
         self.w_row = sign * net.weights[layer][neuron]
         self.bias = sign * float(net.biases[layer][neuron])
+
+    def clone(self) -> SubdomainLP:
+        """A copy with its own HiGHS model (``RelaxationLP.clone``), cuts included, for a
+        second thread: subdomains bounded by either give the same bounds. Cuts
+        ``strengthen`` adds later go to one copy only."""
+        twin = copy.copy(self)
+        twin.lp = self.lp.clone()
+        if self.cuts is not None:
+            twin.cuts = copy.copy(self.cuts)
+            twin.cuts.lp = twin.lp
+        return twin
 
     def bound(
         self,

@@ -85,7 +85,8 @@ def add_stability_options(p: argparse.ArgumentParser) -> None:
         type=int,
         default=None,
         metavar="N",
-        help="candidates proved side by side by branch and bound (default 1)",
+        help="threads for branch and bound: candidates of a layer side by side, and the "
+        "subdomain LPs of a candidate left alone N at a time (default 1)",
     )
     p.add_argument(
         "--workers",

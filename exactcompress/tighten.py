@@ -32,6 +32,7 @@ the layers after it are re-propagated with interval or CROWN bounds from them.
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Callable
 
@@ -93,10 +94,51 @@ class RelaxationLP:
         self.triangles: list[tuple[np.ndarray, ...]] = []
         self.inputs = self.add_cols(np.asarray(lo, float), np.asarray(hi, float))
         self._cost_cols = np.zeros(0, dtype=np.int32)
+        #: rows when HiGHS first solved the model: its scaling was computed on those
+        self._scaled_rows: int | None = None
 
     @property
     def n_cols(self) -> int:
         return self.col_lo.size
+
+    def clone(self) -> RelaxationLP:
+        """An independent copy of the model as it stands (its own HiGHS instance, same
+        options, its own bound arrays), so that two threads can solve the same relaxation
+        at once: highspy releases the GIL while HiGHS runs. The copy starts with no basis
+        (set one with ``highs.setBasis``: a basis of the original fits it).
+
+        HiGHS computes its scaling at a model's first solve and only extends it to rows
+        added later, so the copy gets its scaling from the rows the original had then
+        (a zero-iteration solve before the later rows go in). Scaled with its cuts, a
+        copy of 5x100's layer-5 n56 LP took 950 simplex iterations per subdomain where
+        the original took 275 (the same 40 subdomains from their parents' bases)."""
+        twin = copy.copy(self)
+        twin.highs = highspy.Highs()
+        twin.highs.passOptions(self.highs.getOptions())
+        twin.highs.passModel(self.highs.getLp())
+        first, m = self._scaled_rows, self.row_lo.size
+        if first is not None and first < m:
+            later = self.matrix()[first:]
+            twin.highs.deleteRows(m - first, np.arange(first, m, dtype=np.int32))
+            limit = self.highs.getOptions().simplex_iteration_limit
+            twin.highs.setOptionValue("simplex_iteration_limit", 0)
+            twin.highs.run()
+            twin.highs.setOptionValue("simplex_iteration_limit", limit)
+            twin.highs.addRows(
+                m - first,
+                self.row_lo[first:],
+                self.row_hi[first:],
+                later.nnz,
+                later.indptr[:-1].astype(np.int32),
+                later.indices.astype(np.int32),
+                later.data.astype(np.float64),
+            )
+        for name in ("col_lo", "col_hi", "row_lo", "row_hi"):
+            setattr(twin, name, getattr(self, name).copy())
+        twin._blocks = list(self._blocks)
+        twin.out_cols = list(self.out_cols)
+        twin.triangles = list(self.triangles)
+        return twin
 
     def add_cols(self, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
         n = lo.size
@@ -232,6 +274,8 @@ class RelaxationLP:
             stop = bias - enough if maximize else enough - bias
             stop += STOP_MARGIN * (1.0 + abs(stop))
         self.highs.setOptionValue("objective_bound", stop)
+        if self._scaled_rows is None:
+            self._scaled_rows = self.row_lo.size
         self.highs.run()
         if self.highs.getModelStatus() not in SOLVED:
             return None, None

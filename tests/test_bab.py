@@ -350,25 +350,80 @@ def test_subdomain_lp_bounds_every_point_of_its_subdomain():
     assert stopped_early > 0
 
 
+def _lp_searches_agree_with_the_oracle(net: ReLUNetwork, box: Box, threads: int):
+    """Every candidate's search with ``threads`` subdomain LPs at a time, each decision
+    checked against scipy's MILP; returns the LP calls, cuts and LP copies made."""
+    bounds = interval_bounds(net, box)
+    calls = cuts = copies = 0
+    for layer, j, side, gmin, gmax in _every_candidate(net, box):
+        evidence = NeuronEvidence(net, box)
+        search = CandidateSearch(evidence, bounds, (layer, j, side), CPU, lambda m: None)
+        search.lp_threads = threads
+        with bab.one_thread():
+            out = search.advance(time.monotonic() + 10)
+        if search.lp is not None:
+            calls += search.lp_calls
+            cuts += search.lp.n_cuts()
+            copies += len(search._lp_copies)
+        _check(out, evidence, side, gmin, gmax, layer, j)
+    return calls, cuts, copies
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_bab_with_subdomain_lps_decides_like_the_oracle(seed, monkeypatch):
     """Subdomains closed by their LP with ideal cuts (here every subdomain's, on every
     layer, from the start) are closed soundly: every decision agrees with scipy's MILP."""
     monkeypatch.setattr(bab, "LP_FROM_LAYER", 1)
     monkeypatch.setattr(bab, "LP_AFTER", 0.0)
-    net, box = _net(seed)
-    bounds = interval_bounds(net, box)
-    calls = cuts = 0
-    for layer, j, side, gmin, gmax in _every_candidate(net, box):
-        evidence = NeuronEvidence(net, box)
-        search = CandidateSearch(evidence, bounds, (layer, j, side), CPU, lambda m: None)
-        with bab.one_thread():
-            out = search.advance(time.monotonic() + 10)
-        if search.lp is not None:
-            calls += search.lp_calls
-            cuts += search.lp.n_cuts()
-        _check(out, evidence, side, gmin, gmax, layer, j)
+    calls, cuts, _ = _lp_searches_agree_with_the_oracle(*_net(seed), threads=1)
     assert calls > 0 and cuts > 0
+
+
+@pytest.mark.parametrize("seed", [0, 2])
+def test_subdomain_lps_two_at_a_time_decide_like_the_oracle(seed, monkeypatch):
+    """Two subdomain LPs at once, on the LP and its copy in a second thread (--jobs 2
+    with one candidate left), close subdomains as soundly as one at a time. Weak
+    back-substitution (no alpha or beta steps) leaves more subdomains to the LPs."""
+    for name, value in (("LP_FROM_LAYER", 1), ("LP_AFTER", 0.0), ("STEPS", 0), ("ROOT_STEPS", 0)):
+        monkeypatch.setattr(bab, name, value)
+    net, box = _net(seed, (4, 12, 12, 10, 2))
+    calls, _, copies = _lp_searches_agree_with_the_oracle(net, box, threads=2)
+    assert calls > 0 and copies > 0
+
+
+def test_a_copy_of_a_subdomain_lp_bounds_like_it_and_apart_from_it():
+    """A copy (for a second thread) holds the same model, cuts included: it gives the
+    original's bounds on the same subdomains, and bounding a subdomain on one leaves the
+    other's model as it was, also when both solve at once in two threads."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    net, box, lower, upper, lp = _deep_lp(seed=1, cuts=True)
+    root = [np.zeros(len(lo), dtype=np.int8) for lo in lower]
+    lp.strengthen(root, 3, 10.0)
+    twin = lp.clone()
+    assert twin.n_cuts() == lp.n_cuts() > 0
+    assert twin.lp.highs is not lp.lp.highs
+    rng = np.random.default_rng(3)
+    splits = []
+    for _ in range(8):
+        split = [s.copy() for s in root]
+        for k in range(3):
+            free = np.flatnonzero((lower[k] < 0) & (upper[k] > 0))
+            pick = free[rng.random(free.size) < 0.25]
+            split[k][pick] = rng.choice([-1, 1], size=pick.size)
+        splits.append(split)
+
+    def bounds(model, order):
+        return {i: model.bound(splits[i], 10.0, enough=None)[0] for i in order}
+
+    alone = bounds(lp, range(8))
+    with ThreadPoolExecutor(2) as pool:  # the copy the other way round, at the same time
+        mine, theirs = pool.map(bounds, (lp, twin), (range(8), range(7, -1, -1)))
+    for i in range(8):
+        assert (alone[i] is None) == (mine[i] is None) == (theirs[i] is None)
+        if alone[i] is not None:
+            assert mine[i] == pytest.approx(alone[i], abs=1e-7 * (1 + abs(alone[i])))
+            assert theirs[i] == pytest.approx(alone[i], abs=1e-7 * (1 + abs(alone[i])))
 
 
 def test_a_root_lp_cut_short_by_its_turn_is_resumed_not_rebuilt(monkeypatch):
@@ -470,18 +525,18 @@ def test_a_dual_ray_proves_nothing_about_a_model_with_points(monkeypatch):
         assert not lp.lp.proves_empty()
 
 
-def _deep_lp():
+def _deep_lp(seed: int = 4, cuts: bool = False):
     """A 4-hidden-layer network, its root bounds before layer 4 and the LP of layer 4's
     neuron 0 over them."""
     from exactcompress.bab_lp import SubdomainLP
 
-    net, box = _net(4, (4, 10, 10, 10, 10, 2))
+    net, box = _net(seed, (4, 10, 10, 10, 10, 2))
     bounds = bab.with_crown(net, box, interval_bounds(net, box), CPU)
     fixed = [np.zeros(n, dtype=np.int8) for n in net.hidden_widths]
     prover = bab.CandidateProver(net, box, bounds, fixed, 3, 0, 1.0, CPU)
     lower = [t.numpy() for t in prover.root_lower]
     upper = [t.numpy() for t in prover.root_upper]
-    return net, box, lower, upper, SubdomainLP(net, box, 3, 0, 1.0, lower, upper)
+    return net, box, lower, upper, SubdomainLP(net, box, 3, 0, 1.0, lower, upper, cuts)
 
 
 def test_a_child_lp_from_its_parents_basis_gives_the_same_bound():
