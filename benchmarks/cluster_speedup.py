@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from exactcompress.cli import load_data
@@ -18,14 +19,22 @@ from exactcompress.io import load_model_file
 from exactcompress.stability import StabilityOptions, find_stable_neurons
 
 
-def exact_seconds(path: Path, scheduler: str | None) -> tuple[float, str]:
-    """bab + milp seconds of one run, and its states (to check that runs agree)."""
+@dataclass
+class ExactRun:
+    seconds: float  # bab + milp seconds of the report
+    complete: bool
+    states: str  # the report's layers, to check that runs agree
+
+
+def exact_seconds(path: Path, scheduler: str | None, jobs: int | None = None) -> ExactRun:
+    """One default run (HiGHS, 300 s) of a hard-suite model."""
     net, _ = load_model_file(path)
     data = load_data("digits-rgb32" if "rgb32" in path.name else "digits28", None, net.widths[0])
-    options = StabilityOptions(time_limit=300, solver="highs", scheduler=scheduler)
+    options = StabilityOptions(time_limit=300, solver="highs", scheduler=scheduler, jobs=jobs)
     report = find_stable_neurons(net, data=data, options=options)
     seconds = report.seconds.get("bab", 0.0) + report.seconds.get("milp", 0.0)
-    return seconds, json.dumps(report.to_json()["layers"], sort_keys=True)
+    states = json.dumps(report.to_json()["layers"], sort_keys=True)
+    return ExactRun(seconds, report.complete, states)
 
 
 def main(paths: list[str]) -> None:
@@ -40,8 +49,8 @@ def main(paths: list[str]) -> None:
         for path in map(Path, paths):
             runs = [exact_seconds(path, None)]
             runs += [exact_seconds(path, clusters[n].scheduler_address) for n in (1, 2)]
-            (s0, states), (s1, _), (s2, _) = runs
-            same = all(r[1] == states for r in runs)
+            s0, s1, s2 = (r.seconds for r in runs)
+            same = all(r.states == runs[0].states for r in runs)
             print(
                 f"{path.stem} | {s0:.2f} | {s1:.2f} | {s2:.2f} | {s1 / s2:.2f}x | {same}",
                 flush=True,

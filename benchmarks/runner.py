@@ -210,11 +210,18 @@ def append_row(path: Path, row: dict) -> None:
 # ---- one run ---------------------------------------------------------------------
 
 
-def run_one(lm: LoadedModel, key: RunKey, time_limit: float | None, say: Say | None) -> dict:
-    """Stability, pruning, accuracy and verification of one model in one configuration."""
+def run_one(
+    lm: LoadedModel,
+    key: RunKey,
+    time_limit: float | None,
+    say: Say | None,
+    jobs: int | None = None,
+) -> dict:
+    """Stability, pruning, accuracy and verification of one model in one configuration;
+    ``jobs`` as in StabilityOptions (None: every core, for a run alone on its machine)."""
     row = _describe(lm, key, time_limit)
     options = CONFIGS[key.config](
-        formulation=key.formulation, solver=key.solver, time_limit=time_limit
+        formulation=key.formulation, solver=key.solver, time_limit=time_limit, jobs=jobs
     )
     try:
         require(key.solver)
@@ -530,7 +537,8 @@ def _run_on_cluster(
         for lm, keys in _loaded(todo, csv_path, bar, cache_dir, data_dir):
             shared = client.scatter(lm, hash=False)
             for key in keys:
-                fut = client.submit(run_one, shared, key, time_limit, None, pure=False)
+                # one thread per run: a worker process runs one run (README)
+                fut = client.submit(run_one, shared, key, time_limit, None, 1, pure=False)
                 keys_of[fut] = key
                 finished.add(fut)
             bar.show(f"{lm.model.name}: {len(keys)} runs submitted")
@@ -595,7 +603,8 @@ def write_report(
         "the prover chosen automatically); full-lp = the same with --tighten lp; "
         "milp-interval = --prover milp --bounds interval (the exact stage before issue 9); "
         "bab = --prover bab; paper = StabilityOptions.paper() (interval big-M, training "
-        "data only, MILP)",
+        "data only, MILP); branch and bound uses every core (--jobs default) when runs go "
+        "one at a time, one thread per run on a Dask cluster",
         "- times are the whole stability pipeline (all stages) in seconds; `*` marks "
         "figures involving a run that hit the time limit (its time is a lower bound)",
         "",

@@ -86,7 +86,8 @@ def add_stability_options(p: argparse.ArgumentParser) -> None:
         default=None,
         metavar="N",
         help="threads for branch and bound: candidates of a layer side by side, and the "
-        "subdomain LPs of a candidate left alone N at a time (default 1)",
+        "subdomain LPs of a candidate left alone N at a time (default: the cores this "
+        "process may use)",
     )
     p.add_argument(
         "--workers",

@@ -7,6 +7,7 @@ Ctrl-C at any point keeps what was decided and returns an incomplete report.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -70,7 +71,8 @@ class StabilityOptions:
     seed: int = 0
     device: str | None = None
     threads: int | None = None
-    jobs: int = 1
+    #: branch-and-bound threads; None: usable_cores(), so that a report records the number
+    jobs: int | None = None
     workers: int = 1  # > 1: a local Dask cluster runs the exact stage's tasks
     scheduler: str | None = None  # address of a running Dask scheduler to use instead
     certify: bool = False
@@ -89,6 +91,8 @@ class StabilityOptions:
             raise ExactCompressError(
                 f"unknown prover {self.prover!r}; choose one of {', '.join(PROVERS)}"
             )
+        if self.jobs is None:
+            self.jobs = usable_cores()
         if self.jobs < 1:
             raise ExactCompressError(f"jobs must be >= 1, got {self.jobs}")
         if self.workers < 1:
@@ -103,6 +107,14 @@ class StabilityOptions:
         """Interval big-M, the data as the only refutation, the network formulation."""
         base = {"bounds": "interval", "prover": "milp", "witness_search": False, "samples": 0}
         return cls(**{**base, **overrides})
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity, where the system says)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
 
 
 def find_stable_neurons(

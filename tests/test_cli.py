@@ -12,6 +12,7 @@ from torch import nn
 
 from exactcompress import ReLUNetwork, save_model
 from exactcompress.cli import main
+from exactcompress.stability import usable_cores
 
 
 @pytest.fixture
@@ -243,4 +244,6 @@ def test_prover_and_certify_on_the_command_line(tmp_path, model_file):
     assert main([*argv, "--prover", "milp", "--certify", "--json", str(js)]) == 0
     data = json.loads(js.read_text())
     assert data["options"]["certify"] and "certify" in data["stages"]
+    # without --jobs: every core this process may use, recorded as a number
+    assert data["options"]["jobs"] == usable_cores() >= 1
     assert data["proofs"]["solver"] == 0  # every MILP proof re-proved, or withdrawn
