@@ -21,7 +21,7 @@ from exactcompress.domain import Box
 from exactcompress.network import ReLUNetwork
 from exactcompress.report import NeuronEvidence
 from exactcompress.stability import StabilityOptions, find_stable_neurons
-from exactcompress.tighten import leaf_bound
+from exactcompress.tighten import cost_scale, leaf_bound
 
 CPU = torch.device("cpu")
 
@@ -345,8 +345,10 @@ def test_subdomain_lp_bounds_every_point_of_its_subdomain():
         root = prover.root()
         root.split = [torch.from_numpy(s)[None] for s in split]
         back, _, _ = prover.bound(root, 30)
-        # the LP's bound carries a safety pad of 1e-6 (1 + |value|) (tighten.REL_PAD)
-        assert value <= float(back[0]) + 2e-6 * (1 + abs(float(back[0])))
+        # the LP's bound carries a safety pad of 1e-6 (1 + |value|) in the units of its
+        # scaled objective (tighten.REL_PAD, tighten.cost_scale)
+        scale = cost_scale(lp.w_row)
+        assert value <= float(back[0]) + 2e-6 * (1 / scale + abs(float(back[0])))
     assert stopped_early > 0
 
 

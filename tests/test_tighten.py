@@ -131,9 +131,11 @@ def test_cost_scale_is_a_power_of_two_near_the_largest_coefficient():
 @pytest.mark.parametrize("tiny", [2.0**-17, 3e-6])
 def test_tiny_objectives_give_the_same_sound_bound(tiny):
     """An L1-regularised neuron's weights can be 1e-5: the LP objective is scaled before
-    HiGHS sees it (its dual tolerance is absolute) and scaled back exactly. The bound of
-    a tiny multiple of a row is that multiple of the row's bound (up to the outward
-    pad) and never below the true maximum (scipy's MILP)."""
+    HiGHS sees it (its dual tolerance is absolute) and scaled back exactly, outward pad
+    included. The bound of a tiny multiple of a row is that multiple of the row's bound
+    (to 1e-6 of it: the pad is relative to the objective's scale, not an absolute 1e-6
+    that would be a third of this bound) and never below the true maximum (scipy's
+    MILP)."""
     rng = np.random.default_rng(5)
     weights, biases = random_net(rng, [6, 20, 20, 4, 1])
     box = Box.uniform(6)
@@ -147,6 +149,6 @@ def test_tiny_objectives_give_the_same_sound_bound(tiny):
     plain, _ = lp.extreme(row, bias, True, 10.0)
     small, _ = lp.extreme(tiny * row, tiny * bias, True, 10.0)
     assert small >= tiny * gmax
-    assert small == pytest.approx(tiny * plain, rel=1e-6, abs=2e-6)
+    assert small == pytest.approx(tiny * plain, rel=1e-6, abs=0.0)
     held = np.abs(np.asarray(lp.highs.getLp().col_cost_)).max()
     assert 0.5 <= held <= 2.0  # what HiGHS was given
