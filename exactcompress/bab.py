@@ -590,9 +590,10 @@ class CandidateSearch:
         self._unsolved_lp: SubdomainLP | None = None  # built, its root LP not solved yet
         self.bab_seconds = self.lp_seconds = 0.0  # back-substitution and LP time
         self.lp_calls = 0
-        #: subdomain LPs solved side by side (``run_bab`` sets it per turn); copies of
+        #: how many subdomain LPs to solve side by side, asked before each batch
+        #: (``run_bab`` hands a search the threads that finished turns leave); copies of
         #: ``lp`` for the other threads
-        self.lp_threads = 1
+        self.lp_threads: Callable[[], int] = lambda: 1
         self._lp_copies: list[SubdomainLP] = []
         self.last_say = time.monotonic()  # of the last progress line
         self.turn_start = 0.0  # when the current advance() began
@@ -754,7 +755,7 @@ class CandidateSearch:
                 if main:
                     self._say()
 
-        models = self._lp_models(min(self.lp_threads, len(due)))
+        models = self._lp_models(min(self.lp_threads(), len(due)))
         with ThreadPoolExecutor(len(models) - 1) if len(models) > 1 else nullcontext() as pool:
             others = [pool.submit(drain, lp, False) for lp in models[1:]]
             try:
@@ -916,8 +917,9 @@ def run_bab(
     ``give_up`` the candidates left open are marked undecided (the ``bab`` prover
     alone); without it they stay open for the MILP (``auto``), and stalled searches
     leave the rounds early. ``jobs`` candidates run side by side in threads, and the
-    threads fewer candidates leave solve their subdomain LPs (``jobs`` // candidates
-    each); ``evidence`` is thread-safe, so a witness found by one is seen by all."""
+    threads that fewer candidates leave (fewer than ``jobs`` in a round, or once the
+    others' turns are over) solve the subdomain LPs of those still searching;
+    ``evidence`` is thread-safe, so a witness found by one is seen by all."""
     dev = pick_device(device)
     stats = BabStats(candidates=len(candidates))
     start = time.monotonic()
@@ -945,21 +947,31 @@ def run_bab(
                 f"{stats.refuted} refuted"
             )
 
-    def turn(
-        cand: Candidate, search: CandidateSearch | None, share: float, end: float, threads: int
-    ):
+    unfinished = 0  # turns of the current round not over yet (running or queued)
+
+    def lp_threads() -> int:
+        """The jobs that no unfinished turn holds go to subdomain LPs, shared evenly."""
+        return max(1, jobs // max(1, min(jobs, unfinished)))
+
+    def turn(cand: Candidate, search: CandidateSearch | None, share: float, end: float):
         """One turn of one candidate, ``share`` seconds from when it starts (turns run one
-        after another, or ``jobs`` at a time), its subdomain LPs ``threads`` at a time;
-        returns its search while it stays open."""
-        if not still_open(cand):
-            return None  # refuted by another candidate's witness meanwhile
-        search = search or CandidateSearch(evidence, bounds, cand, dev, progress, stall=not give_up)
-        search.lp_threads = threads
-        out = search.advance(min(end, time.monotonic() + share))
-        if out.status != "timeout" or time.monotonic() >= end:
-            finish(cand, out)
-            return None
-        return cand, search
+        after another, or ``jobs`` at a time); returns its search while it stays open."""
+        nonlocal unfinished
+        try:
+            if not still_open(cand):
+                return None  # refuted by another candidate's witness meanwhile
+            search = search or CandidateSearch(
+                evidence, bounds, cand, dev, progress, stall=not give_up
+            )
+            search.lp_threads = lp_threads
+            out = search.advance(min(end, time.monotonic() + share))
+            if out.status != "timeout" or time.monotonic() >= end:
+                finish(cand, out)
+                return None
+            return cand, search
+        finally:
+            with lock:
+                unfinished -= 1
 
     # one job runs in this thread, so that Ctrl-C stops it at once
     with one_thread(), ThreadPoolExecutor(jobs) if jobs > 1 else nullcontext() as pool:
@@ -987,8 +999,8 @@ def run_bab(
                     break
                 parallel = min(max(1, jobs), len(todo))
                 share = min(share, max(MIN_SLICE, (end - now) * parallel / len(todo)))
-                threads = max(1, jobs // parallel)  # the jobs no candidate takes go to LPs
-                turns = list(run(lambda item, a=(share, end, threads): turn(*item, *a), todo))
+                unfinished = len(todo)
+                turns = list(run(lambda item, a=(share, end): turn(*item, *a), todo))
                 todo = [item for item in turns if item is not None]
                 share = float("inf")
                 if todo and time.monotonic() < end:

@@ -193,6 +193,42 @@ def test_run_bab_turns_do_not_starve_the_candidates_after_a_hard_one(monkeypatch
     assert hard["seconds"] > 0.3 + 3 * 0.1  # its own share, then what the others left
 
 
+class _ThreadWatchingSearch(_ScriptedSearch):
+    """_ScriptedSearch that samples, every 10 ms of its turns, how many subdomain LPs
+    run_bab lets it solve at once."""
+
+    seen: dict[int, list[int]] = {}
+
+    def advance(self, until: float) -> CandidateOutcome:
+        samples = self.seen.setdefault(self.cand[1], [])
+        while True:
+            samples.append(self.lp_threads())
+            out = super().advance(min(until, time.monotonic() + 0.01))
+            if out.status != "timeout" or time.monotonic() >= until:
+                return out
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_run_bab_gives_the_threads_of_finished_turns_to_the_lps_of_the_others(jobs, monkeypatch):
+    """Two candidates side by side with --jobs 2: the hard one solves its LPs one at a
+    time while the easy one's turn runs, two at a time once it is over, within the
+    same turn (the only one: its share is the whole time), never more than the jobs;
+    with --jobs 1 always one."""
+    monkeypatch.setattr(bab, "CandidateSearch", _ThreadWatchingSearch)
+    monkeypatch.setattr(bab, "with_crown", lambda net, box, bounds, dev: bounds)
+    _ThreadWatchingSearch.seen = {}
+    net, box = _net(4, (3, 12, 12, 10, 2))
+    evidence = NeuronEvidence(net, box)
+    cands = [(2, 0, "pos"), (2, 1, "pos")]
+    run_bab(evidence, None, cands, time.monotonic() + 0.5, print, "cpu", budget=0.5, jobs=jobs)
+    hard, easy = _ThreadWatchingSearch.seen[0], _ThreadWatchingSearch.seen[1]
+    if jobs == 1:
+        assert set(hard) == set(easy) == {1}
+    else:
+        assert set(easy) == {1} and hard[0] == 1 and hard[-1] == 2
+        assert hard == sorted(hard)  # once the easy turn is over, never back to one
+
+
 def test_run_bab_hands_the_time_a_layer_leaves_to_the_next(monkeypatch):
     """An easy layer's unused pool goes to the hard candidate of the layer after it."""
     monkeypatch.setattr(bab, "CandidateSearch", _ScriptedSearch)
@@ -360,7 +396,7 @@ def _lp_searches_agree_with_the_oracle(net: ReLUNetwork, box: Box, threads: int)
     for layer, j, side, gmin, gmax in _every_candidate(net, box):
         evidence = NeuronEvidence(net, box)
         search = CandidateSearch(evidence, bounds, (layer, j, side), CPU, lambda m: None)
-        search.lp_threads = threads
+        search.lp_threads = lambda: threads
         with bab.one_thread():
             out = search.advance(time.monotonic() + 10)
         if search.lp is not None:
