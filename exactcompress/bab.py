@@ -732,7 +732,6 @@ class CandidateSearch:
         order = torch.argsort(dom.bound, descending=True).tolist()
         due = [i for i in order if dom.lp_due[i]]
         splits = {i: [t[i].cpu().numpy() for t in dom.split] for i in due}
-        bases = {i: dom.basis[i] for i in due}
         todo = iter(due)
         results: dict[int, tuple] = {}
         lock, stop = threading.Lock(), threading.Event()
@@ -745,7 +744,7 @@ class CandidateSearch:
                 now = time.monotonic()
                 if i is None or now >= deadline or self.refuted():
                     return
-                value, x = lp.bound(splits[i], min(LP_SECONDS, deadline - now), bases[i])
+                value, x = lp.bound(splits[i], min(LP_SECONDS, deadline - now), dom.basis[i])
                 open_ = value is not None and value > 0
                 hint = lp.branching_hint() if LP_BRANCH and open_ else None
                 results[i] = (value, x, lp.last_basis(), hint)

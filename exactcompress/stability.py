@@ -47,8 +47,9 @@ TIGHTEN_SHARE, TIGHTEN_CAP = 0.25, 60.0
 #: hard suite the MILP after branch and bound decided none of the leftovers on HiGHS
 #: (5x100 L1 2e-4's layer-5 n56: its bound stayed at 0.030 for 180 s against branch and
 #: bound's 0.012 after 37 s), so branch and bound gets most of the time: 0.9. n56's
-#: search alone needs 165-170 s (5000 subdomains); in a 300 s run beside another, the
-#: candidates before it took longer and it was still open at the limit
+#: search needs about 5000 subdomains: 165-170 s on one thread, 89-111 s in a whole run
+#: with --jobs 2 (the run complete in 149-187 s); on one thread beside another 300 s run
+#: it was still open at the limit
 BAB_SHARE, BAB_CAP = 0.9, 60.0
 #: --prover auto solves what branch and bound leaves with the neuron formulation when
 #: the formulation is this default one; any other formulation is used as given
