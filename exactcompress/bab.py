@@ -168,6 +168,26 @@ class _Domains:
             self.lp_due[idx],
         )
 
+    def to(self, dev: torch.device) -> _Domains:
+        """A copy on ``dev`` without LP bases (solver objects that neither pickle nor
+        move to another process; a subdomain without one starts its LP cold)."""
+
+        def move(ts: list[torch.Tensor]) -> list[torch.Tensor]:
+            return [t.to(dev) for t in ts]
+
+        return _Domains(
+            move(self.split),
+            move(self.lower),
+            move(self.upper),
+            move(self.alpha),
+            move(self.beta),
+            self.bound.to(dev),
+            self.depth.to(dev),
+            [None] * len(self),
+            self.hint.to(dev),
+            self.lp_due.to(dev),
+        )
+
     @staticmethod
     def cat(parts: list[_Domains]) -> _Domains:
         def join(name: str) -> list[torch.Tensor]:
@@ -189,6 +209,22 @@ class _Domains:
 
 
 @dataclass
+class Frontier:
+    """Some of one candidate's open subdomains, for another search to go on from (a task
+    on another worker): the candidate is proved once every part of its frontier is."""
+
+    open_set: _Domains  # on the CPU, without LP bases
+    #: the candidate's root bound (what ``stall`` measures progress from)
+    root_bound: float
+    #: whether the search it came from had its LP: the part builds its own at once
+    with_lp: bool
+
+    @property
+    def bound(self) -> float:
+        return float(self.open_set.bound.max())
+
+
+@dataclass
 class BabStats:
     """Totals of one exact-stage run of the prover, for stability.json."""
 
@@ -198,6 +234,9 @@ class BabStats:
     undecided: int = 0
     domains: int = 0
     max_depth: int = 0
+    #: frontier parts sent out as tasks of their own (--workers: a candidate spread over
+    #: idle workers); 0 in process
+    parts: int = 0
     outcomes: list[dict] = field(default_factory=list)
 
     def record(self, cand: Candidate, out: CandidateOutcome) -> None:
@@ -227,6 +266,7 @@ class BabStats:
             "undecided": self.undecided,
             "domains": self.domains,
             "max_depth": self.max_depth,
+            "parts": self.parts,
         }
 
 
@@ -564,6 +604,12 @@ class CandidateSearch:
     ("stalled"), so that another prover gets the time. ``leaves``, when given, receives
     every closed subdomain (its splits and intermediate bounds): the proof's certificate,
     which ``tighten.leaf_bound`` re-checks by LP with safe dual bounds.
+
+    Spreading one candidate over several workers (distributed.py): a search started from
+    a ``frontier`` part covers only those subdomains, so its "proved" proves the part,
+    not the candidate, and it records no reached bound (the caller takes the worst of
+    all parts). Once ``share()`` says yes, a search with at least two open subdomains
+    stops ("shared") and ``frontier(n)`` hands them out as parts.
     """
 
     def __init__(
@@ -576,6 +622,7 @@ class CandidateSearch:
         fixed: list[np.ndarray] | None = None,
         stall: bool = False,
         leaves: list[dict] | None = None,
+        frontier: Frontier | None = None,
     ) -> None:
         layer, j, side = cand
         self.evidence, self.cand, self.progress = evidence, cand, progress
@@ -600,6 +647,14 @@ class CandidateSearch:
         self.open_set: _Domains | None = None  # None until the root is bounded
         self.root: _Domains | None = None  # the bounded root, for a restart with LPs
         self.root_bound = float("inf")
+        #: asked before each batch: whether to stop and hand the open subdomains out
+        self.share: Callable[[], bool] = lambda: False
+        self.whole = frontier is None  # the candidate's whole domain, not a part of it
+        self._lp_at_once = False  # build the LP before the first batch (a part)
+        if frontier is not None:
+            self.open_set = frontier.open_set.to(device)
+            self.root_bound = frontier.root_bound
+            self._lp_at_once = frontier.with_lp
         self.domains = self.depth = self.batches = 0
         self.seconds = 0.0
         self.outcome: CandidateOutcome | None = None  # set once decided or given up
@@ -617,12 +672,24 @@ class CandidateSearch:
         status, bound = self._run(deadline, start)
         self.seconds += time.monotonic() - start
         out = CandidateOutcome(status, bound, self.domains, self.depth, self.seconds)
-        if status not in ("proved", "refuted"):
+        if status not in ("proved", "refuted") and self.whole:
             layer, j, side = self.cand
             self.evidence.reach(layer, j, side, bound, STAGE)
-        if status != "timeout":
+        if status not in ("timeout", "shared"):
             self.outcome = out
         return out
+
+    def frontier(self, parts: int) -> list[Frontier]:
+        """The open subdomains in at most ``parts`` parts, each with its share of the
+        hardest (dealt out by bound, highest first)."""
+        dom = self.open_set
+        order = torch.argsort(dom.bound, descending=True)
+        cpu = torch.device("cpu")
+        with_lp = self.lp is not None or self._lp_at_once
+        return [
+            Frontier(dom.take(order[p::parts]).to(cpu), self.root_bound, with_lp)
+            for p in range(min(parts, len(dom)))
+        ]
 
     def _run(self, deadline: float, start: float) -> tuple[str, float]:
         prover, evidence = self.prover, self.evidence
@@ -649,6 +716,8 @@ class CandidateSearch:
             now = time.monotonic()
             if now >= deadline:
                 return "timeout", worst
+            if len(self.open_set) > 1 and self.share():
+                return "shared", worst
             if (
                 self.stall
                 and self.seconds + now - start > STALL_SECONDS
@@ -795,12 +864,18 @@ class CandidateSearch:
             self.lp is not None
             or LP_AFTER is None
             or self.prover.layer < LP_FROM_LAYER
-            or self.bab_seconds < LP_AFTER
+            or (self.bab_seconds < LP_AFTER and not self._lp_at_once)
         ):
             return
         left_open = len(self.open_set)
         root_lp = self._build_lp(deadline)
         if root_lp is None:  # the turn ended first: keep the frontier, go on next turn
+            return
+        if self.root is None:
+            # a part of a frontier has no root to go back to: its own subdomains get LPs
+            # (those the search it came from had solved keep their flags)
+            if not self._lp_at_once:
+                self.open_set.lp_due[:] = True
             return
         root = self.root.take(torch.zeros(1, dtype=torch.int64, device=self.prover.dev))
         root.lp_due[:] = True

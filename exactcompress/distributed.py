@@ -14,7 +14,10 @@ with its own seed, and returns what it added: proofs, give-ups with their notes,
 witness points, and the extremes seen. Each finished task's witnesses are checked
 against the candidates still queued (the forward-pass test of NeuronEvidence.observe)
 and refuted ones are cancelled; at the end of a round every result is merged in
-candidate order. A proof is sound wherever it was computed and a witness is a forward
+candidate order. A branch-and-bound candidate that runs long while workers are idle is
+spread over them: its search stops, returns its open subdomains in parts, and each part
+goes on as a task of its own (BabRound); the candidate is proved once every part is
+closed. A proof is sound wherever it was computed and a witness is a forward
 pass, so the states cannot depend on the number of workers; only a time limit can leave
 undecided in one run what another decides. A task lost with its worker, or still running
 past the time limit, leaves its candidates undecided: nothing is proved without the
@@ -25,12 +28,13 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import math
 import time
 import uuid
 import zlib
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
@@ -40,7 +44,15 @@ import torch
 from formulations import DEFAULT_RELU, FormulationSpec
 
 from .bab import STAGE as BAB
-from .bab import BabStats, CandidateOutcome, one_thread, prove_candidate, run_bab, with_crown
+from .bab import (
+    BabStats,
+    CandidateOutcome,
+    CandidateSearch,
+    Frontier,
+    one_thread,
+    run_bab,
+    with_crown,
+)
 from .bounds import LayerBounds, pick_device
 from .domain import Box
 from .errors import ExactCompressError
@@ -72,6 +84,11 @@ GRACE = 10.0
 CONNECT_TIMEOUT = 10
 #: seconds between two looks at the running tasks, and between two progress lines
 POLL, PROGRESS_EVERY = 0.05, 5.0
+#: a branch-and-bound task hands its open subdomains out to idle workers only after
+#: SHARE_AFTER seconds of its own (a part costs a task's start and, on a deep candidate,
+#: building its LP again, so quick candidates are never split); it asks whether a worker
+#: is idle at most every SHARE_POLL seconds (a round trip to the scheduler)
+SHARE_AFTER, SHARE_POLL = 2.0, 0.5
 #: the evidence a task needs, copied into each round's snapshot
 _FLAGS = ("seen_pos", "seen_neg", "proved_active", "proved_inactive", "given_up")
 
@@ -184,6 +201,7 @@ class TaskResult:
     outcome: CandidateOutcome | None = None
     stats: dict = field(default_factory=dict)
     solver: str | None = None
+    parts: list[Frontier] = field(default_factory=list)  # a search's shared frontier
 
 
 @dataclass
@@ -254,6 +272,10 @@ class Settings:
     solver: str = "auto"
     threads: int | None = None
     mine: bool = True
+    #: the Dask Variable where the client keeps the count of idle workers (bab rounds)
+    idle: str | None = None
+    share_after: float = SHARE_AFTER
+    share_poll: float = SHARE_POLL
 
 
 def absorb(evidence: NeuronEvidence, result: TaskResult, stage: str) -> None:
@@ -308,33 +330,54 @@ def _seed(seed: int, job: Job) -> None:
     np.random.seed(value)
 
 
-def bab_task(shared: Shared, snap: Snapshot, job: Job, s: Settings) -> TaskResult:
-    """Branch and bound on one candidate, as ``bab.run_bab`` does for each."""
+def bab_task(
+    shared: Shared, snap: Snapshot, job: Job, s: Settings, frontier: Frontier | None = None
+) -> TaskResult:
+    """Branch and bound on one candidate, as ``bab.run_bab`` does for each, or on one part
+    of its ``frontier``. Nothing is proved here: the client proves the candidate once
+    every part is closed. While workers are idle, a search past ``s.share_after``
+    seconds stops and returns its open subdomains as parts, one for each idle worker and
+    one to go on with itself."""
     evidence = snap.restore(shared)
     _seed(s.seed, job)
     (cand,) = job.cands
-    layer, j, side = cand
     deadline = min(_local(s.deadline), time.monotonic() + s.budget)
     if time.monotonic() >= deadline:
-        if s.give_up:
-            evidence.give_up(layer, [j], "time limit")
-        return snap.changes(evidence)
+        bound = math.inf if frontier is None else frontier.bound
+        return snap.changes(evidence, outcome=CandidateOutcome("timeout", bound, 0, 0, 0.0))
+    dev = pick_device(s.device)
     with one_thread():
-        out = prove_candidate(
-            evidence,
-            shared.bounds,
-            cand,
-            deadline,
-            pick_device(s.device),
-            _quiet,
-            stall=not s.give_up,
+        search = CandidateSearch(
+            evidence, shared.bounds, cand, dev, _quiet, stall=not s.give_up, frontier=frontier
         )
-    if out.status == "proved":
-        evidence.prove(layer, [j], active=(side == "neg"), stage=BAB)
-    elif out.status != "refuted" and s.give_up:
-        why = "time limit" if out.status == "timeout" else "branch and bound stuck"
-        evidence.give_up(layer, [j], f"{why} (bound {out.bound:.3g})")
-    return snap.changes(evidence, outcome=out)
+        idle = IdleWorkers(s.idle, s.share_after, s.share_poll)
+        search.share = idle.wanted
+        out = search.advance(deadline)
+    parts = search.frontier(1 + idle.count) if out.status == "shared" else []
+    return snap.changes(evidence, outcome=out, parts=parts)
+
+
+class IdleWorkers:
+    """A task's view of the client's count of idle workers (the Dask Variable named
+    ``name``; none: never share)."""
+
+    def __init__(self, name: str | None, after: float, poll: float) -> None:
+        self.var = require_distributed().Variable(name) if name else None
+        self.start, self.after, self.poll = time.monotonic(), after, poll
+        self.last = -math.inf  # when it last asked
+        self.count = 0  # idle workers at the last answer
+
+    def wanted(self) -> bool:
+        """Whether to hand the open subdomains out now."""
+        now = time.monotonic()
+        if self.var is None or now - self.start < self.after or now - self.last < self.poll:
+            return False
+        self.last = now
+        try:
+            self.count = int(self.var.get(timeout=1))
+        except TimeoutError:  # not set (yet): nobody is waiting
+            self.count = 0
+        return self.count > 0
 
 
 def neuron_task(shared: Shared, snap: Snapshot, job: Job, s: Settings) -> TaskResult:
@@ -417,34 +460,17 @@ class DaskExecutor:
         jobs: int = 1,
     ) -> BabStats:
         """``bab.run_bab`` with one task per candidate, layer by layer (``jobs`` is the
-        cluster's size here)."""
+        cluster's size here); a candidate that runs long while workers are idle is
+        spread over them, its open subdomains in parts (see ``bab_task``)."""
         stats = BabStats(candidates=len(candidates))
         bounds = with_crown(evidence.net, evidence.box, bounds, pick_device(device))
         shared = self._share(evidence, bounds)
         s = Settings(_wall(deadline), self.options.seed, device, budget, give_up)
-
-        def merge(job: Job, result: TaskResult | str) -> None:
-            layer, j, side = job.cands[0]
-            if isinstance(result, TaskResult):
-                absorb(evidence, result, BAB)
-                if result.outcome is None:
-                    stats.undecided += 1
-                    return
-                stats.record(job.cands[0], result.outcome)
-                out = result.outcome
-                progress(
-                    f"  bab {job.label}: {out.status} after {out.domains} subdomains, "
-                    f"{out.seconds:.1f} s; {stats.proved} proved, {stats.refuted} refuted"
-                )
-            elif result != "refuted":
-                if give_up:
-                    evidence.give_up(layer, [j], result)
-                stats.undecided += 1
-                progress(f"  bab {job.label}: {result}")
-
+        s = replace(s, share_after=SHARE_AFTER, share_poll=SHARE_POLL)  # as set now
         for layer in sorted({c[0] for c in candidates}):
             todo = [c for c in sorted(candidates) if c[0] == layer and not _closed(evidence, c)]
-            self._round(evidence, shared, [Job("bab", (c,)) for c in todo], s, deadline, merge)
+            if todo:
+                BabRound(self.client, evidence, shared, s, progress, stats).run(todo, deadline)
         return stats
 
     def run_exact_stage(
@@ -592,6 +618,191 @@ class DaskExecutor:
                 fut.cancel()
                 del pending[fut]
                 results[job] = "refuted"
+
+
+@dataclass(eq=False)  # one per candidate, kept in sets by identity
+class _Spread:
+    """One candidate's branch and bound on the cluster: the parts of its frontier out as
+    tasks, and what the finished ones returned."""
+
+    cand: Candidate
+    budget_end: float  # wall clock: the candidate's own time limit
+    running: dict = field(default_factory=dict)  # Future -> bound of its part when sent
+    results: list[TaskResult] = field(default_factory=list)
+    #: proved | refuted | timeout | stuck | stalled | why its task has no result; None
+    #: while open
+    status: str | None = None
+    bound: float = -math.inf  # the highest bound of the parts that ended
+    domains: int = 0
+    depth: int = 0
+    seconds: float = 0.0
+    parts: int = 0  # tasks sent
+
+    def outcome(self) -> CandidateOutcome:
+        return CandidateOutcome(self.status, self.bound, self.domains, self.depth, self.seconds)
+
+
+class BabRound:
+    """One layer's candidates as branch-and-bound tasks, from one snapshot of the evidence.
+
+    The client keeps the count of idle workers in a Dask Variable; a task that has run
+    SHARE_AFTER seconds while it is positive returns its open subdomains in parts, and
+    each part goes out as a new task. A candidate is proved once every part of it is
+    closed, refuted by any witness (a forward pass, checked here), and undecided when a
+    part ends open or is lost with its worker. Results are merged in candidate order at
+    the end, also when Ctrl-C stops the round (a candidate not decided then stays open).
+    """
+
+    def __init__(
+        self,
+        client: Client,
+        evidence: NeuronEvidence,
+        shared: Future,
+        s: Settings,
+        progress: Progress,
+        stats: BabStats,
+    ) -> None:
+        self.client, self.evidence, self.shared, self.progress = client, evidence, shared, progress
+        self.stats = stats
+        self.tag = uuid.uuid4().hex[:8]
+        self.idle = require_distributed().Variable(f"exactcompress-idle-{self.tag}", client)
+        self.idle.set(0)
+        self.s = replace(s, idle=self.idle.name)
+        self.snap = client.scatter(Snapshot.of(evidence), broadcast=True, hash=False)
+        self.capacity = sum(client.nthreads().values())
+        self.pending: dict[Future, _Spread] = {}
+
+    def run(self, cands: list[Candidate], deadline: float) -> None:
+        spreads = [_Spread(c, time.time() + self.s.budget) for c in cands]
+        try:
+            for spread in spreads:
+                self._send(spread, None)
+            self._collect(deadline)
+        finally:
+            for fut in self.pending:
+                fut.cancel()
+            self.idle.delete()
+            self._merge(spreads)
+
+    def _send(self, spread: _Spread, part: Frontier | None) -> None:
+        spread.parts += 1
+        job = Job("bab", (spread.cand,))
+        s = replace(self.s, budget=max(0.0, spread.budget_end - time.time()))
+        key = f"exactcompress-bab-{job.label.replace(' ', '-')}-{self.tag}-{spread.parts}"
+        fut = self.client.submit(
+            TASKS["bab"], self.shared, self.snap, job, s, part, key=key, pure=False
+        )
+        self.pending[fut] = spread
+        spread.running[fut] = math.inf if part is None else part.bound
+
+    def _collect(self, deadline: float) -> None:
+        last_say, idle = time.monotonic(), 0
+        while self.pending:
+            done = [f for f in self.pending if f.status != "pending"]
+            if done:
+                for fut in done:
+                    if fut in self.pending:  # not cancelled by a result before it
+                        self._finished(fut, deadline)
+                continue
+            if time.monotonic() > deadline + GRACE:
+                for spread in set(self.pending.values()):
+                    self._end(spread, "time limit")
+                return
+            now_idle = max(0, self.capacity - len(self.pending))
+            if now_idle != idle:
+                idle = now_idle
+                self.idle.set(idle)
+            if time.monotonic() - last_say >= PROGRESS_EVERY:
+                last_say = time.monotonic()
+                self.progress(f"  dask: {len(self.pending)} branch-and-bound tasks running")
+            time.sleep(POLL)
+
+    def _finished(self, fut: Future, deadline: float) -> None:
+        spread = self.pending.pop(fut)
+        spread.running.pop(fut)
+        result = _result(fut)
+        if isinstance(result, str):
+            if spread.status is None:
+                self._end(spread, result)
+            return
+        spread.results.append(result)
+        out = result.outcome
+        spread.domains += out.domains
+        spread.depth = max(spread.depth, out.depth)
+        spread.seconds += out.seconds
+        self._refute(result.witnesses)
+        if spread.status is not None:  # decided while this part ran
+            return
+        over = time.monotonic() >= deadline or time.time() >= spread.budget_end
+        if out.status == "shared" and not over:
+            for part in result.parts:
+                self._send(spread, part)
+            self.stats.parts += len(result.parts)
+            self.progress(
+                f"  bab {_label(spread.cand)}: open subdomains handed out, "
+                f"{len(spread.running)} parts running, worst bound {out.bound:.3g}"
+            )
+        elif out.status == "proved":
+            spread.bound = max(spread.bound, out.bound)
+            if not spread.running:
+                self._end(spread, "proved")
+        else:  # refuted, or open at its end: the whole candidate is
+            spread.bound = max(spread.bound, out.bound)
+            self._end(spread, "timeout" if out.status == "shared" else out.status)
+
+    def _refute(self, points: np.ndarray) -> None:
+        """End the open candidates these witnesses show on their unseen side."""
+        open_ = {sp.cand: sp for sp in set(self.pending.values()) if sp.status is None}
+        for cand in refuted_by(self.evidence.net, self.evidence.box, points, list(open_)):
+            self._end(open_[cand], "refuted")
+
+    def _end(self, spread: _Spread, status: str) -> None:
+        """Decide the candidate and cancel its parts still out (their bounds when sent
+        still bound what they cover)."""
+        spread.status = status
+        for fut, bound in spread.running.items():
+            spread.bound = max(spread.bound, bound)
+            fut.cancel()
+            self.pending.pop(fut, None)
+        spread.running.clear()
+        out = spread.outcome()
+        self.progress(
+            f"  bab {_label(spread.cand)}: {status} after {out.domains} subdomains, "
+            f"{out.seconds:.1f} s in {spread.parts} task(s)"
+        )
+
+    def _merge(self, spreads: list[_Spread]) -> None:
+        """Every result into the evidence, then each decided candidate's outcome."""
+        evidence = self.evidence
+        for spread in spreads:
+            for result in spread.results:
+                absorb(evidence, result, BAB)
+        for spread in spreads:
+            if spread.status is None:  # interrupted: stays open
+                continue
+            layer, j, side = spread.cand
+            out = spread.outcome()
+            if spread.status == "proved":
+                evidence.prove(layer, [j], active=(side == "neg"), stage=BAB)
+            elif spread.status != "refuted":
+                evidence.reach(layer, j, side, out.bound, BAB)
+                if self.s.give_up:
+                    evidence.give_up(layer, [j], _why(spread.status, out.bound))
+            self.stats.record(spread.cand, out)
+
+
+def _label(cand: Candidate) -> str:
+    layer, j, side = cand
+    return f"layer {layer + 1} neuron {j} ({side})"
+
+
+def _why(status: str, bound: float) -> str:
+    """The note of a candidate left undecided."""
+    if status in ("timeout", "time limit"):
+        return f"time limit (bound {bound:.3g})"
+    if status in ("stuck", "stalled"):
+        return f"branch and bound stuck (bound {bound:.3g})"
+    return status  # e.g. "worker lost (KilledWorker)"
 
 
 #: what runs the exact stage's provers (stability.Context.executor)

@@ -302,8 +302,13 @@ def test_ctrl_c_is_raised_after_the_solve(kind) -> None:
     back, and the adapter solves again afterwards."""
     handler = signal.getsignal(signal.SIGINT)
     adapter = open_adapter(kind, max_g_handle(), fake_script())
-    with pytest.raises(KeyboardInterrupt):
-        adapter.maximize(10.0, Driver(lambda x, objective: signal.raise_signal(signal.SIGINT)))
+    driver = Driver(lambda x, objective: signal.raise_signal(signal.SIGINT))
+    try:
+        out = adapter.maximize(10.0, driver)
+    except KeyboardInterrupt:
+        pass
+    else:  # seen once in many runs with SCIP: say what the solve returned
+        pytest.fail(f"no KeyboardInterrupt: {out}, {len(driver.seen)} solutions to the driver")
     assert signal.getsignal(signal.SIGINT) is handler
     out = adapter.maximize(10.0, Driver())
     assert out.status is SolveStatus.OPTIMAL

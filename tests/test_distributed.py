@@ -97,6 +97,38 @@ def test_cluster_gives_the_serial_states(address, prover, formulation):
         assert spread.extra["options"]["scheduler"] == address
 
 
+def _weak_bab_task(shared, snap, job, settings, *part):
+    """Branch and bound without alpha or beta steps: weaker bounds, more subdomains, so
+    that searches run long enough to be spread."""
+    from exactcompress import bab
+
+    steps = bab.STEPS, bab.ROOT_STEPS
+    bab.STEPS = bab.ROOT_STEPS = 0
+    try:
+        return dist_exec.bab_task(shared, snap, job, settings, *part)
+    finally:
+        bab.STEPS, bab.ROOT_STEPS = steps
+
+
+def test_searches_spread_over_idle_workers_give_the_serial_states(address, monkeypatch):
+    """Sharing at once (no wait, asking before every batch): searches hand their open
+    subdomains to the idle worker in parts, each a task of its own, and the candidates
+    come out as in process (proved only once every part is closed)."""
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    monkeypatch.setitem(dist_exec.TASKS, "bab", _weak_bab_task)
+    monkeypatch.setattr(dist_exec, "SHARE_AFTER", 0.0)
+    monkeypatch.setattr(dist_exec, "SHARE_POLL", 0.0)
+    parts = 0
+    for seed, widths in [*MODELS, (1, (4, 16, 16, 12, 2)), (2, (4, 16, 16, 16, 2))]:
+        net, box = _net(seed, widths)
+        serial = find_stable_neurons(net, box, None, _options("bab", "network"))
+        spread = find_stable_neurons(net, box, None, _options("bab", "network", scheduler=address))
+        _same_states(serial, spread)
+        assert spread.complete == serial.complete
+        parts += spread.extra["stages"].get("bab", {}).get("parts", 0)
+    assert parts > 0
+
+
 def test_cli_scheduler_option_reaches_the_report(address, tmp_path):
     net, _ = _net(7, (4, 12, 12, 8, 2))
     model, js = tmp_path / "m.pt", tmp_path / "s.json"
@@ -152,10 +184,10 @@ def test_bench_on_two_workers_writes_the_serial_rows(tmp_path, address, where):
     assert (two / "results.csv").read_text() == before
 
 
-def _slow_bab_task(shared, snap, job, settings):
+def _slow_bab_task(shared, snap, job, settings, *part):
     """A branch-and-bound task that takes long enough for a worker to be killed in it."""
     time.sleep(2.0)
-    return dist_exec.bab_task(shared, snap, job, settings)
+    return dist_exec.bab_task(shared, snap, job, settings, *part)
 
 
 def _kill_a_busy_worker(address: str, done: threading.Event) -> None:
