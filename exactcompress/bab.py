@@ -716,7 +716,7 @@ class CandidateSearch:
             now = time.monotonic()
             if now >= deadline:
                 return "timeout", worst
-            if len(self.open_set) > 1 and self.share():
+            if len(self.open_set) > 1 and self._may_share() and self.share():
                 return "shared", worst
             if (
                 self.stall
@@ -774,6 +774,16 @@ class CandidateSearch:
             if len(self.open_set) == 0:
                 return "proved", float(bound.max())
             self._say()
+
+    def _may_share(self) -> bool:
+        """A candidate that gets subdomain LPs is shared only once it has its LP, so that
+        every part builds its own at once and keeps its parent's LP flags. Earlier, a
+        part would have to start its LPs on its back-substitution frontier, which left
+        4x100's n28 open at 300 s where the restart from the root proves it (LP_AFTER)."""
+        return self.lp is not None or self._lp_at_once or not self._lp_coming()
+
+    def _lp_coming(self) -> bool:
+        return LP_AFTER is not None and self.prover.layer >= LP_FROM_LAYER
 
     def _say(self) -> None:
         """A progress line every PROGRESS_EVERY seconds."""
@@ -862,8 +872,7 @@ class CandidateSearch:
         the LP and start again from the root, every subdomain's LP due (see LP_AFTER)."""
         if (
             self.lp is not None
-            or LP_AFTER is None
-            or self.prover.layer < LP_FROM_LAYER
+            or not self._lp_coming()
             or (self.bab_seconds < LP_AFTER and not self._lp_at_once)
         ):
             return
@@ -871,11 +880,7 @@ class CandidateSearch:
         root_lp = self._build_lp(deadline)
         if root_lp is None:  # the turn ended first: keep the frontier, go on next turn
             return
-        if self.root is None:
-            # a part of a frontier has no root to go back to: its own subdomains get LPs
-            # (those the search it came from had solved keep their flags)
-            if not self._lp_at_once:
-                self.open_set.lp_due[:] = True
+        if self.root is None:  # a part (see _may_share): its parent's LP flags hold
             return
         root = self.root.take(torch.zeros(1, dtype=torch.int64, device=self.prover.dev))
         root.lp_due[:] = True

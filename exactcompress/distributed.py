@@ -85,10 +85,12 @@ CONNECT_TIMEOUT = 10
 #: seconds between two looks at the running tasks, and between two progress lines
 POLL, PROGRESS_EVERY = 0.05, 5.0
 #: a branch-and-bound task hands its open subdomains out to idle workers only after
-#: SHARE_AFTER seconds of its own (a part costs a task's start and, on a deep candidate,
-#: building its LP again, so quick candidates are never split); it asks whether a worker
-#: is idle at most every SHARE_POLL seconds (a round trip to the scheduler)
-SHARE_AFTER, SHARE_POLL = 2.0, 0.5
+#: SHARE_AFTER seconds of its own: a part costs a task's start and, on a deep candidate,
+#: building its LP again (root LP and cut rounds: seconds). At 2 s, 4x100's n28 (12 s in
+#: process) was handed out 4 times, 8 LPs built, and took 24 s on 2 workers against 18 s
+#: on 1. A task asks whether a worker is idle at most every SHARE_POLL seconds (a round
+#: trip to the scheduler)
+SHARE_AFTER, SHARE_POLL = 20.0, 0.5
 #: the evidence a task needs, copied into each round's snapshot
 _FLAGS = ("seen_pos", "seen_neg", "proved_active", "proved_inactive", "given_up")
 
@@ -132,7 +134,15 @@ def cluster(workers: int, scheduler: str | None, say: Progress) -> Iterator[Clie
             client = stack.enter_context(dist.Client(local))
             where = f"local cluster of {workers} processes"
         say(f"dask: {where}, {len(client.nthreads())} workers, {_dashboard(client, scheduler)}")
+        client.run(_warm_up)
         yield client
+
+
+def _warm_up() -> None:
+    """Import the task code on a worker now (torch, pyomo, the solvers: seconds), once
+    for all tasks and on every worker at once: otherwise the first task on each worker
+    pays it, and a candidate spread over a cold worker waits for that part."""
+    importlib.import_module(__name__)
 
 
 def _connect(dist: ModuleType, scheduler: str) -> Client:
@@ -265,7 +275,6 @@ class Settings:
     deadline: float
     seed: int
     device: str | None
-    budget: float = float("inf")
     give_up: bool = True
     spec: FormulationSpec | None = None
     relu: str = DEFAULT_RELU
@@ -341,7 +350,7 @@ def bab_task(
     evidence = snap.restore(shared)
     _seed(s.seed, job)
     (cand,) = job.cands
-    deadline = min(_local(s.deadline), time.monotonic() + s.budget)
+    deadline = _local(s.deadline)
     if time.monotonic() >= deadline:
         bound = math.inf if frontier is None else frontier.bound
         return snap.changes(evidence, outcome=CandidateOutcome("timeout", bound, 0, 0, 0.0))
@@ -359,10 +368,11 @@ def bab_task(
 
 class IdleWorkers:
     """A task's view of the client's count of idle workers (the Dask Variable named
-    ``name``; none: never share)."""
+    ``name``; none: never share). The Variable is opened on the first question, past
+    ``after`` seconds: a quick task never pays for the worker's client connection."""
 
     def __init__(self, name: str | None, after: float, poll: float) -> None:
-        self.var = require_distributed().Variable(name) if name else None
+        self.name, self.var = name, None
         self.start, self.after, self.poll = time.monotonic(), after, poll
         self.last = -math.inf  # when it last asked
         self.count = 0  # idle workers at the last answer
@@ -370,8 +380,10 @@ class IdleWorkers:
     def wanted(self) -> bool:
         """Whether to hand the open subdomains out now."""
         now = time.monotonic()
-        if self.var is None or now - self.start < self.after or now - self.last < self.poll:
+        if self.name is None or now - self.start < self.after or now - self.last < self.poll:
             return False
+        if self.var is None:
+            self.var = require_distributed().Variable(self.name)
         self.last = now
         try:
             self.count = int(self.var.get(timeout=1))
@@ -461,16 +473,25 @@ class DaskExecutor:
     ) -> BabStats:
         """``bab.run_bab`` with one task per candidate, layer by layer (``jobs`` is the
         cluster's size here); a candidate that runs long while workers are idle is
-        spread over them, its open subdomains in parts (see ``bab_task``)."""
+        spread over them, its open subdomains in parts (see ``bab_task``). As in
+        process, ``budget`` per candidate makes a pool of time: each layer adds its
+        candidates' budgets, and its tasks may run until the pool ends, so that what
+        easy candidates leave goes to the hard ones of their layer or a later one (with
+        a fixed budget per task, 5x100 L1 2e-4's n56, 100 s or more, never finished)."""
         stats = BabStats(candidates=len(candidates))
         bounds = with_crown(evidence.net, evidence.box, bounds, pick_device(device))
         shared = self._share(evidence, bounds)
-        s = Settings(_wall(deadline), self.options.seed, device, budget, give_up)
-        s = replace(s, share_after=SHARE_AFTER, share_poll=SHARE_POLL)  # as set now
+        pool_end = time.monotonic()
         for layer in sorted({c[0] for c in candidates}):
-            todo = [c for c in sorted(candidates) if c[0] == layer and not _closed(evidence, c)]
-            if todo:
-                BabRound(self.client, evidence, shared, s, progress, stats).run(todo, deadline)
+            mine = [c for c in sorted(candidates) if c[0] == layer]
+            pool_end += budget * len(mine)
+            end = min(deadline, pool_end)
+            todo = [c for c in mine if not _closed(evidence, c)]
+            if not todo:
+                continue
+            s = Settings(_wall(end), self.options.seed, device, give_up=give_up)
+            s = replace(s, share_after=SHARE_AFTER, share_poll=SHARE_POLL)  # as set now
+            BabRound(self.client, evidence, shared, s, progress, stats).run(todo, end)
         return stats
 
     def run_exact_stage(
@@ -626,7 +647,6 @@ class _Spread:
     tasks, and what the finished ones returned."""
 
     cand: Candidate
-    budget_end: float  # wall clock: the candidate's own time limit
     running: dict = field(default_factory=dict)  # Future -> bound of its part when sent
     results: list[TaskResult] = field(default_factory=list)
     #: proved | refuted | timeout | stuck | stalled | why its task has no result; None
@@ -673,7 +693,7 @@ class BabRound:
         self.pending: dict[Future, _Spread] = {}
 
     def run(self, cands: list[Candidate], deadline: float) -> None:
-        spreads = [_Spread(c, time.time() + self.s.budget) for c in cands]
+        spreads = [_Spread(c) for c in cands]
         try:
             for spread in spreads:
                 self._send(spread, None)
@@ -687,10 +707,9 @@ class BabRound:
     def _send(self, spread: _Spread, part: Frontier | None) -> None:
         spread.parts += 1
         job = Job("bab", (spread.cand,))
-        s = replace(self.s, budget=max(0.0, spread.budget_end - time.time()))
         key = f"exactcompress-bab-{job.label.replace(' ', '-')}-{self.tag}-{spread.parts}"
         fut = self.client.submit(
-            TASKS["bab"], self.shared, self.snap, job, s, part, key=key, pure=False
+            TASKS["bab"], self.shared, self.snap, job, self.s, part, key=key, pure=False
         )
         self.pending[fut] = spread
         spread.running[fut] = math.inf if part is None else part.bound
@@ -733,8 +752,7 @@ class BabRound:
         self._refute(result.witnesses)
         if spread.status is not None:  # decided while this part ran
             return
-        over = time.monotonic() >= deadline or time.time() >= spread.budget_end
-        if out.status == "shared" and not over:
+        if out.status == "shared" and time.monotonic() < deadline:
             for part in result.parts:
                 self._send(spread, part)
             self.stats.parts += len(result.parts)

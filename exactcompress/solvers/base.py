@@ -192,6 +192,7 @@ class SolverAdapter:
         x = np.array(
             [d if v.value is None else v.value for d, v in zip(self._x_default, self.handle.x)]
         )
+        python_handles_ctrl_c()
         on_solution(x, best)
         return x
 
@@ -214,6 +215,17 @@ class SolverAdapter:
             signal.signal(
                 signal.SIGINT, signal.default_int_handler if previous is None else previous
             )
+
+
+def python_handles_ctrl_c() -> None:
+    """Install Python's SIGINT handler again at the C level. Native solvers put their own
+    there while they solve and restore the one they found; one was seen left in place
+    after a SCIP solve in a full test run (a SIGINT raised nothing), which would make
+    Ctrl-C do nothing for the rest of the run. Signals belong to the main thread."""
+    if threading.current_thread() is threading.main_thread():
+        handler = signal.getsignal(signal.SIGINT)
+        if handler is not None:  # None: set outside Python, nothing to put back
+            signal.signal(signal.SIGINT, handler)
 
 
 def input_defaults(handle: Handle) -> np.ndarray:
