@@ -216,8 +216,6 @@ class Frontier:
     open_set: _Domains  # on the CPU, without LP bases
     #: the candidate's root bound (what ``stall`` measures progress from)
     root_bound: float
-    #: whether the search it came from had its LP: the part builds its own at once
-    with_lp: bool
 
     @property
     def bound(self) -> float:
@@ -650,11 +648,9 @@ class CandidateSearch:
         #: asked before each batch: whether to stop and hand the open subdomains out
         self.share: Callable[[], bool] = lambda: False
         self.whole = frontier is None  # the candidate's whole domain, not a part of it
-        self._lp_at_once = False  # build the LP before the first batch (a part)
         if frontier is not None:
             self.open_set = frontier.open_set.to(device)
             self.root_bound = frontier.root_bound
-            self._lp_at_once = frontier.with_lp
         self.domains = self.depth = self.batches = 0
         self.seconds = 0.0
         self.outcome: CandidateOutcome | None = None  # set once decided or given up
@@ -685,9 +681,8 @@ class CandidateSearch:
         dom = self.open_set
         order = torch.argsort(dom.bound, descending=True)
         cpu = torch.device("cpu")
-        with_lp = self.lp is not None or self._lp_at_once
         return [
-            Frontier(dom.take(order[p::parts]).to(cpu), self.root_bound, with_lp)
+            Frontier(dom.take(order[p::parts]).to(cpu), self.root_bound)
             for p in range(min(parts, len(dom)))
         ]
 
@@ -716,7 +711,7 @@ class CandidateSearch:
             now = time.monotonic()
             if now >= deadline:
                 return "timeout", worst
-            if len(self.open_set) > 1 and self._may_share() and self.share():
+            if len(self.open_set) > 1 and not self._lp_coming() and self.share():
                 return "shared", worst
             if (
                 self.stall
@@ -775,14 +770,13 @@ class CandidateSearch:
                 return "proved", float(bound.max())
             self._say()
 
-    def _may_share(self) -> bool:
-        """A candidate that gets subdomain LPs is shared only once it has its LP, so that
-        every part builds its own at once and keeps its parent's LP flags. Earlier, a
-        part would have to start its LPs on its back-substitution frontier, which left
-        4x100's n28 open at 300 s where the restart from the root proves it (LP_AFTER)."""
-        return self.lp is not None or self._lp_at_once or not self._lp_coming()
-
     def _lp_coming(self) -> bool:
+        """Whether the search gets subdomain LPs. Such a search is never shared: a part
+        would build the LP and its cuts again and solve its subdomains' LPs cold, without
+        their parents' bases (5x100 L1 2e-4's n56 on 2 workers: 259 task-seconds in 7
+        tasks against 147 s in one; its run 202 s against 212 s on 1 worker); and a part
+        started on a frontier from before the LP restart repeats what left 4x100's n28
+        open at 300 s (see LP_AFTER)."""
         return LP_AFTER is not None and self.prover.layer >= LP_FROM_LAYER
 
     def _say(self) -> None:
@@ -870,17 +864,11 @@ class CandidateSearch:
     def _restart_with_lps(self, deadline: float) -> None:
         """Past LP_AFTER seconds of back-substitution (on a deep enough candidate): build
         the LP and start again from the root, every subdomain's LP due (see LP_AFTER)."""
-        if (
-            self.lp is not None
-            or not self._lp_coming()
-            or (self.bab_seconds < LP_AFTER and not self._lp_at_once)
-        ):
+        if self.lp is not None or not self._lp_coming() or self.bab_seconds < LP_AFTER:
             return
         left_open = len(self.open_set)
         root_lp = self._build_lp(deadline)
         if root_lp is None:  # the turn ended first: keep the frontier, go on next turn
-            return
-        if self.root is None:  # a part (see _may_share): its parent's LP flags hold
             return
         root = self.root.take(torch.zeros(1, dtype=torch.int64, device=self.prover.dev))
         root.lp_due[:] = True

@@ -85,12 +85,10 @@ CONNECT_TIMEOUT = 10
 #: seconds between two looks at the running tasks, and between two progress lines
 POLL, PROGRESS_EVERY = 0.05, 5.0
 #: a branch-and-bound task hands its open subdomains out to idle workers only after
-#: SHARE_AFTER seconds of its own: a part costs a task's start and, on a deep candidate,
-#: building its LP again (root LP and cut rounds: seconds). At 2 s, 4x100's n28 (12 s in
-#: process) was handed out 4 times, 8 LPs built, and took 24 s on 2 workers against 18 s
-#: on 1. A task asks whether a worker is idle at most every SHARE_POLL seconds (a round
-#: trip to the scheduler)
-SHARE_AFTER, SHARE_POLL = 20.0, 0.5
+#: SHARE_AFTER seconds of its own (a part costs a task's start; searches with subdomain
+#: LPs are never handed out, see ``CandidateSearch._lp_coming``); it asks whether a
+#: worker is idle at most every SHARE_POLL seconds (a round trip to the scheduler)
+SHARE_AFTER, SHARE_POLL = 3.0, 0.5
 #: the evidence a task needs, copied into each round's snapshot
 _FLAGS = ("seen_pos", "seen_neg", "proved_active", "proved_inactive", "given_up")
 

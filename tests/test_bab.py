@@ -141,13 +141,13 @@ def test_a_search_resumed_in_short_turns_decides_like_the_oracle():
     assert turns_taken > 16  # some searches needed several turns
 
 
-def _search_in_parts(evidence: NeuronEvidence, bounds, cand, most: int) -> tuple[str, int, int]:
+def _search_in_parts(evidence: NeuronEvidence, bounds, cand, most: int) -> tuple[str, int]:
     """A candidate's search handed out at every chance, as on a cluster: each search
     shares once it has two open subdomains (until ``most`` parts were made) and its
     frontier goes on in three parts, each a fresh search; the candidate is proved once
-    every part is. Returns the status and the parts made (with their LP)."""
+    every part is. Returns the status and the parts made."""
     todo: list = [None]
-    made, with_lp, ends = 0, 0, []
+    made, ends = 0, []
     while todo:
         search = CandidateSearch(evidence, bounds, cand, CPU, lambda m: None, frontier=todo.pop())
         search.share = lambda made=made: made < most
@@ -156,21 +156,20 @@ def _search_in_parts(evidence: NeuronEvidence, bounds, cand, most: int) -> tuple
             parts = search.frontier(3)
             assert sum(len(p.open_set) for p in parts) == len(search.open_set)
             made += len(parts)
-            with_lp += sum(p.with_lp for p in parts)
             todo += parts
         elif out.status == "refuted":
-            return "refuted", made, with_lp
+            return "refuted", made
         else:
             ends.append(out.status)
-    return ("proved" if set(ends) == {"proved"} else "open"), made, with_lp
+    return ("proved" if set(ends) == {"proved"} else "open"), made
 
 
 @pytest.mark.parametrize("lps", [False, True])
 def test_a_search_in_parts_decides_like_the_oracle(lps, monkeypatch):
     """Parts of a frontier, each searched apart (--workers: a long search hands its open
     subdomains to idle workers), prove a candidate only where the oracle agrees, and
-    decide what the whole search decides. With ``lps`` every part builds its own
-    subdomain LP at once and solves the LPs its parent left due."""
+    decide what the whole search decides. A search that gets subdomain LPs (``lps``)
+    is never shared: a part would start its LPs cold."""
     # weak back-substitution (no alpha or beta steps) leaves searches worth splitting
     monkeypatch.setattr(bab, "STEPS", 0)
     monkeypatch.setattr(bab, "ROOT_STEPS", 0)
@@ -179,12 +178,12 @@ def test_a_search_in_parts_decides_like_the_oracle(lps, monkeypatch):
         monkeypatch.setattr(bab, "LP_AFTER", 0.0)
     net, box = _net(0, (4, 12, 12, 10, 2))
     bounds = interval_bounds(net, box)
-    parts = lp_parts = 0
+    parts = 0
     for layer, j, side, gmin, gmax in _every_candidate(net, box):
         cand = (layer, j, side)
         evidence = NeuronEvidence(net, box)
-        status, made, with_lp = _search_in_parts(evidence, bounds, cand, most=30)
-        parts, lp_parts = parts + made, lp_parts + with_lp
+        status, made = _search_in_parts(evidence, bounds, cand, most=30)
+        parts += made
         _check(CandidateOutcome(status, 0.0, 0, 0, 0.0), evidence, side, gmin, gmax, layer, j)
         whole = prove_candidate(
             NeuronEvidence(net, box), bounds, cand, time.monotonic() + 10, CPU, print
@@ -193,8 +192,7 @@ def test_a_search_in_parts_decides_like_the_oracle(lps, monkeypatch):
         assert status == decided or "open" in (status, decided), (cand, whole)
         clear = (gmax < -1e-6 or gmax > 1e-6) if side == "pos" else abs(gmin) > 1e-6
         assert status != "open" or not clear, cand
-    assert parts > (0 if lps else 8)  # several searches were split
-    assert (lp_parts > 0) == lps
+    assert (parts == 0) if lps else (parts > 8)  # several searches were split
 
 
 def test_run_bab_shares_a_layer_budget_and_records_each_candidate_once():

@@ -98,16 +98,18 @@ def test_cluster_gives_the_serial_states(address, prover, formulation):
 
 
 def _weak_bab_task(shared, snap, job, settings, *part):
-    """Branch and bound without alpha or beta steps: weaker bounds, more subdomains, so
-    that searches run long enough to be spread."""
+    """Branch and bound without alpha or beta steps and without subdomain LPs (a search
+    with LPs is never shared): more subdomains, so that searches run long enough to be
+    spread."""
     from exactcompress import bab
 
-    steps = bab.STEPS, bab.ROOT_STEPS
+    kept = bab.STEPS, bab.ROOT_STEPS, bab.LP_AFTER
     bab.STEPS = bab.ROOT_STEPS = 0
+    bab.LP_AFTER = None
     try:
         return dist_exec.bab_task(shared, snap, job, settings, *part)
     finally:
-        bab.STEPS, bab.ROOT_STEPS = steps
+        bab.STEPS, bab.ROOT_STEPS, bab.LP_AFTER = kept
 
 
 def test_searches_spread_over_idle_workers_give_the_serial_states(address, monkeypatch):
