@@ -548,6 +548,12 @@ class CandidateProver:
         return _Domains.cat(children), stuck
 
 
+def undecided_note(status: str, bound: float) -> str:
+    """The note of a candidate a search left open ("timeout", "stuck" or "stalled")."""
+    why = "time limit" if status == "timeout" else "branch and bound stuck"
+    return f"{why} (bound {bound:.3g})"
+
+
 def with_crown(net: ReLUNetwork, box: Box, bounds: LayerBounds, device) -> LayerBounds:
     """``bounds`` intersected with CROWN's: subdomains keep their root's intermediate
     bounds, so these should be as tight as one cheap pass makes them."""
@@ -1003,8 +1009,7 @@ def run_bab(
         if out.status == "proved":
             evidence.prove(layer, [j], active=(side == "neg"), stage=STAGE)
         elif out.status != "refuted" and give_up:
-            why = "time limit" if out.status == "timeout" else "branch and bound stuck"
-            evidence.give_up(layer, [j], f"{why} (bound {out.bound:.3g})")
+            evidence.give_up(layer, [j], undecided_note(out.status, out.bound))
         with lock:
             stats.record(cand, out)
             progress(

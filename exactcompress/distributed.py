@@ -27,6 +27,7 @@ task's own result.
 from __future__ import annotations
 
 import ctypes
+import functools
 import importlib.util
 import logging
 import math
@@ -53,6 +54,7 @@ from .bab import (
     Frontier,
     one_thread,
     run_bab,
+    undecided_note,
     with_crown,
 )
 from .bounds import LayerBounds, pick_device
@@ -146,6 +148,7 @@ def _warm_up() -> None:
     _fast_malloc()
 
 
+@functools.cache  # once per process: the thresholds stay set
 def _fast_malloc() -> None:
     """Dask's nanny starts workers with MALLOC_TRIM_THRESHOLD_=65536, which also turns off
     glibc's moving mmap threshold: every buffer over 128 kB is then mapped and unmapped
@@ -511,8 +514,14 @@ class DaskExecutor:
             todo = [c for c in mine if not _closed(evidence, c)]
             if not todo:
                 continue
-            s = Settings(_wall(end), self.options.seed, device, give_up=give_up)
-            s = replace(s, share_after=SHARE_AFTER, share_poll=SHARE_POLL)  # as set now
+            s = Settings(
+                _wall(end),
+                self.options.seed,
+                device,
+                give_up=give_up,
+                share_after=SHARE_AFTER,  # as set now, not at import
+                share_poll=SHARE_POLL,
+            )
             BabRound(self.client, evidence, shared, s, progress, stats).run(todo, end)
         return stats
 
@@ -668,7 +677,7 @@ class _Spread:
     """One candidate's branch and bound on the cluster: the parts of its frontier out as
     tasks, and what the finished ones returned."""
 
-    cand: Candidate
+    job: Job  # of its every task: the candidate alone
     running: dict = field(default_factory=dict)  # Future -> bound of its part when sent
     results: list[TaskResult] = field(default_factory=list)
     #: proved | refuted | timeout | stuck | stalled | why its task has no result; None
@@ -679,6 +688,10 @@ class _Spread:
     depth: int = 0
     seconds: float = 0.0
     parts: int = 0  # tasks sent
+
+    @property
+    def cand(self) -> Candidate:
+        return self.job.cands[0]
 
     def outcome(self) -> CandidateOutcome:
         return CandidateOutcome(self.status, self.bound, self.domains, self.depth, self.seconds)
@@ -715,7 +728,7 @@ class BabRound:
         self.pending: dict[Future, _Spread] = {}
 
     def run(self, cands: list[Candidate], deadline: float) -> None:
-        spreads = [_Spread(c) for c in cands]
+        spreads = [_Spread(Job("bab", (c,))) for c in cands]
         try:
             for spread in spreads:
                 self._send(spread, None)
@@ -728,7 +741,7 @@ class BabRound:
 
     def _send(self, spread: _Spread, part: Frontier | None) -> None:
         spread.parts += 1
-        job = Job("bab", (spread.cand,))
+        job = spread.job
         key = f"exactcompress-bab-{job.label.replace(' ', '-')}-{self.tag}-{spread.parts}"
         fut = self.client.submit(
             TASKS["bab"], self.shared, self.snap, job, self.s, part, key=key, pure=False
@@ -779,7 +792,7 @@ class BabRound:
                 self._send(spread, part)
             self.stats.parts += len(result.parts)
             self.progress(
-                f"  bab {_label(spread.cand)}: open subdomains handed out, "
+                f"  bab {spread.job.label}: open subdomains handed out, "
                 f"{len(spread.running)} parts running, worst bound {out.bound:.3g}"
             )
         elif out.status == "proved":
@@ -807,7 +820,7 @@ class BabRound:
         spread.running.clear()
         out = spread.outcome()
         self.progress(
-            f"  bab {_label(spread.cand)}: {status} after {out.domains} subdomains, "
+            f"  bab {spread.job.label}: {status} after {out.domains} subdomains, "
             f"{out.seconds:.1f} s in {spread.parts} task(s)"
         )
 
@@ -831,17 +844,13 @@ class BabRound:
             self.stats.record(spread.cand, out)
 
 
-def _label(cand: Candidate) -> str:
-    layer, j, side = cand
-    return f"layer {layer + 1} neuron {j} ({side})"
-
-
 def _why(status: str, bound: float) -> str:
-    """The note of a candidate left undecided."""
-    if status in ("timeout", "time limit"):
-        return f"time limit (bound {bound:.3g})"
-    if status in ("stuck", "stalled"):
-        return f"branch and bound stuck (bound {bound:.3g})"
+    """The note of a candidate left undecided: a search's (``bab.undecided_note``), past
+    the time limit and GRACE on the client, or why its task has no result."""
+    if status == "time limit":
+        status = "timeout"
+    if status in ("timeout", "stuck", "stalled"):
+        return undecided_note(status, bound)
     return status  # e.g. "worker lost (KilledWorker)"
 
 
