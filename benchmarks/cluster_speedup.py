@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from exactcompress.cli import load_data
+from exactcompress.distributed import local_cluster
 from exactcompress.io import load_model_file
 from exactcompress.stability import StabilityOptions, find_stable_neurons
 
@@ -38,12 +39,7 @@ def exact_run(path: Path, scheduler: str | None, jobs: int | None = None) -> Exa
 
 
 def main(paths: list[str]) -> None:
-    from distributed import LocalCluster
-
-    clusters = {
-        n: LocalCluster(n_workers=n, threads_per_worker=1, dashboard_address=None, host="127.0.0.1")
-        for n in (1, 2)
-    }
+    clusters = {n: local_cluster(n) for n in (1, 2)}
     print("model | in process s | 1 worker s | 2 workers s | 1 worker / 2 workers | same states")
     try:
         for path in map(Path, paths):

@@ -30,6 +30,7 @@ promising subdomains, so a neuron that can flip is usually refuted on the way.
 
 from __future__ import annotations
 
+import pickle
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -41,7 +42,7 @@ import numpy as np
 import torch
 
 from . import refute
-from .bab_lp import SubdomainLP
+from .bab_lp import SubdomainLP, portable
 from .bounds import EPS64, Adam, LayerBounds, _relaxation, crown_bounds, pick_device
 from .domain import Box
 from .evidence import NeuronEvidence
@@ -169,8 +170,8 @@ class _Domains:
         )
 
     def to(self, dev: torch.device) -> _Domains:
-        """A copy on ``dev`` without LP bases (solver objects that neither pickle nor
-        move to another process; a subdomain without one starts its LP cold)."""
+        """A copy on ``dev`` whose LP bases pickle (``bab_lp.portable``), for another
+        process."""
 
         def move(ts: list[torch.Tensor]) -> list[torch.Tensor]:
             return [t.to(dev) for t in ts]
@@ -183,7 +184,7 @@ class _Domains:
             move(self.beta),
             self.bound.to(dev),
             self.depth.to(dev),
-            [None] * len(self),
+            [portable(b) for b in self.basis],
             self.hint.to(dev),
             self.lp_due.to(dev),
         )
@@ -213,9 +214,13 @@ class Frontier:
     """Some of one candidate's open subdomains, for another search to go on from (a task
     on another worker): the candidate is proved once every part of its frontier is."""
 
-    open_set: _Domains  # on the CPU, without LP bases
+    open_set: _Domains  # on the CPU, its LP bases portable
     #: the candidate's root bound (what ``stall`` measures progress from)
     root_bound: float
+    #: the search's ``SubdomainLP`` (its cuts included) pickled, when it had one: a part
+    #: goes on with the same LP, its subdomains' LPs starting from their bases. Pickled
+    #: once for all parts, and built again only where a part runs
+    lp: bytes | None = None
 
     @property
     def bound(self) -> float:
@@ -657,6 +662,8 @@ class CandidateSearch:
         if frontier is not None:
             self.open_set = frontier.open_set.to(device)
             self.root_bound = frontier.root_bound
+            if frontier.lp is not None:
+                self.lp = pickle.loads(frontier.lp)
         self.domains = self.depth = self.batches = 0
         self.seconds = 0.0
         self.outcome: CandidateOutcome | None = None  # set once decided or given up
@@ -687,8 +694,9 @@ class CandidateSearch:
         dom = self.open_set
         order = torch.argsort(dom.bound, descending=True)
         cpu = torch.device("cpu")
+        lp = None if self.lp is None else pickle.dumps(self.lp)
         return [
-            Frontier(dom.take(order[p::parts]).to(cpu), self.root_bound)
+            Frontier(dom.take(order[p::parts]).to(cpu), self.root_bound, lp)
             for p in range(min(parts, len(dom)))
         ]
 
@@ -717,7 +725,7 @@ class CandidateSearch:
             now = time.monotonic()
             if now >= deadline:
                 return "timeout", worst
-            if len(self.open_set) > 1 and not self._lp_coming() and self.share():
+            if len(self.open_set) > 1 and self._shareable() and self.share():
                 return "shared", worst
             if (
                 self.stall
@@ -777,13 +785,18 @@ class CandidateSearch:
             self._say()
 
     def _lp_coming(self) -> bool:
-        """Whether the search gets subdomain LPs. Such a search is never shared: a part
-        would build the LP and its cuts again and solve its subdomains' LPs cold, without
-        their parents' bases (5x100 L1 2e-4's n56 on 2 workers: 259 task-seconds in 7
-        tasks against 147 s in one; its run 202 s against 212 s on 1 worker); and a part
-        started on a frontier from before the LP restart repeats what left 4x100's n28
-        open at 300 s (see LP_AFTER)."""
+        """Whether the search gets subdomain LPs."""
         return LP_AFTER is not None and self.prover.layer >= LP_FROM_LAYER
+
+    def _shareable(self) -> bool:
+        """Whether the open subdomains may be handed out: not while subdomain LPs are
+        still to come (a part started on a frontier from before the LP restart repeats
+        what left 4x100's n28 open at 300 s, see LP_AFTER). Once the search has its LP,
+        the parts take it along with their subdomains' bases (``Frontier.lp``): without
+        them each part built the LP and its cuts again and solved its subdomains' LPs
+        cold (5x100 L1 2e-4's n56 on 2 workers: 259 task-seconds in 7 tasks against
+        147 s in one)."""
+        return self.lp is not None or not self._lp_coming()
 
     def _say(self) -> None:
         """A progress line every PROGRESS_EVERY seconds."""

@@ -38,6 +38,33 @@ from .tighten import INF, RelaxationLP
 PRICING = 1
 
 
+#: HiGHS' basis statuses, in the order of their codes in a ``PortableBasis``
+_STATUSES = list(highspy.HighsBasisStatus.__members__.values())
+_CODES = {status: code for code, status in enumerate(_STATUSES)}
+
+
+class PortableBasis:
+    """A HiGHS basis as two arrays of status codes: ``HighsBasis`` does not pickle, and
+    a subdomain's basis goes with it when its frontier is shipped to another worker (a
+    part's LPs then start from their parents' bases, not cold)."""
+
+    def __init__(self, basis: highspy.HighsBasis) -> None:
+        self.cols = np.fromiter((_CODES[s] for s in basis.col_status), np.int8)
+        self.rows = np.fromiter((_CODES[s] for s in basis.row_status), np.int8)
+
+    def to_highs(self) -> highspy.HighsBasis:
+        basis = highspy.HighsBasis()
+        basis.col_status = [_STATUSES[c] for c in self.cols.tolist()]
+        basis.row_status = [_STATUSES[r] for r in self.rows.tolist()]
+        basis.valid = True
+        return basis
+
+
+def portable(basis: highspy.HighsBasis | PortableBasis | None) -> PortableBasis | None:
+    """``basis`` in a form that pickles."""
+    return PortableBasis(basis) if isinstance(basis, highspy.HighsBasis) else basis
+
+
 class SubdomainLP:
     """The LP bound of sign * g (layer, neuron) over one subdomain at a time.
 
@@ -57,7 +84,7 @@ class SubdomainLP:
         cuts: bool = False,
     ) -> None:
         self.lp = RelaxationLP(box.lo, box.hi)
-        self.lp.highs.setOptionValue("simplex_dual_edge_weight_strategy", PRICING)
+        self.lp.set_option("simplex_dual_edge_weight_strategy", PRICING)
         for k in range(layer):
             free = np.zeros(len(lower[k]), dtype=np.int8)
             self.lp.add_layer(net.weights[k], net.biases[k], lower[k], upper[k], free)
@@ -82,7 +109,7 @@ class SubdomainLP:
         self,
         split: list[np.ndarray],
         time_limit: float,
-        basis: object | None = None,
+        basis: highspy.HighsBasis | PortableBasis | None = None,
         enough: float | None = 0.0,
     ) -> tuple[float | None, np.ndarray | None]:
         """Sound upper bound of sign * g over the subdomain with these splits (+1 active,
@@ -96,6 +123,8 @@ class SubdomainLP:
         subdomain) is where the simplex starts, else from the last solve's; any basis
         gives the same bound, only sooner or later."""
         lp = self.lp
+        if isinstance(basis, PortableBasis):
+            basis = basis.to_highs()
         if basis is not None:
             lp.highs.setBasis(basis)
         for k, (uns, g_cols, h_cols, ge_rows) in enumerate(lp.triangles):

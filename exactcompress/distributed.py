@@ -74,7 +74,7 @@ from .network import ReLUNetwork
 from .solvers import solver_factory
 
 if TYPE_CHECKING:
-    from distributed import Client, Future
+    from distributed import Client, Future, LocalCluster
 
     from .stability import StabilityOptions
 
@@ -89,10 +89,18 @@ CONNECT_TIMEOUT = 10
 #: seconds between two looks at the running tasks, and between two progress lines
 POLL, PROGRESS_EVERY = 0.05, 5.0
 #: a branch-and-bound task hands its open subdomains out to idle workers only after
-#: SHARE_AFTER seconds of its own (a part costs a task's start; searches with subdomain
-#: LPs are never handed out, see ``CandidateSearch._lp_coming``); it asks whether a
-#: worker is idle at most every SHARE_POLL seconds (a round trip to the scheduler)
+#: SHARE_AFTER seconds of its own (a part costs a task's start; a search whose subdomain
+#: LPs are still to come waits for them, see ``CandidateSearch._shareable``); it asks
+#: whether a worker is idle at most every SHARE_POLL seconds (a round trip to the
+#: scheduler)
 SHARE_AFTER, SHARE_POLL = 3.0, 0.5
+#: settings of the scheduler of a local cluster (``local_cluster``; for a scheduler of
+#: your own, set them in its Dask config). Worker saturation 1.0: a worker gets a task
+#: only when it has a free thread. At Dask's 1.1, a one-thread worker holds a second
+#: task queued behind its running one, so a short task could wait behind a search of
+#: minutes while another worker stood idle, and a search never saw that idle worker
+#: to hand its open subdomains to (the client counts queued tasks as busy)
+SCHEDULER_CONFIG = {"distributed.scheduler.worker-saturation": 1.0}
 #: the evidence a task needs, copied into each round's snapshot
 _FLAGS = ("seen_pos", "seen_neg", "proved_active", "proved_inactive", "given_up")
 
@@ -124,20 +132,29 @@ def cluster(workers: int, scheduler: str | None, say: Progress) -> Iterator[Clie
             client = stack.enter_context(_connect(dist, scheduler))
             where = f"scheduler {scheduler}"
         else:
-            local = dist.LocalCluster(
-                n_workers=workers,
-                threads_per_worker=1,
-                processes=True,
-                host="127.0.0.1",
-                dashboard_address=":0",  # any free port: never a clash with another cluster
-                silence_logs=logging.ERROR,
-            )
-            stack.enter_context(local)
+            local = stack.enter_context(local_cluster(workers))
             client = stack.enter_context(dist.Client(local))
             where = f"local cluster of {workers} processes"
         say(f"dask: {where}, {len(client.nthreads())} workers, {_dashboard(client, scheduler)}")
         client.run(_warm_up)
         yield client
+
+
+def local_cluster(workers: int, **config: Any) -> LocalCluster:
+    """A LocalCluster of ``workers`` processes with one thread each, its scheduler set up
+    with SCHEDULER_CONFIG and ``config`` (more Dask settings, for tests)."""
+    dist = require_distributed()
+    import dask  # installed with distributed
+
+    with dask.config.set({**SCHEDULER_CONFIG, **config}):
+        return dist.LocalCluster(
+            n_workers=workers,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address=":0",  # any free port: never a clash with another cluster
+            silence_logs=logging.ERROR,
+        )
 
 
 def _warm_up() -> None:

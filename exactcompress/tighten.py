@@ -82,10 +82,12 @@ class RelaxationLP:
     """
 
     def __init__(self, lo: np.ndarray, hi: np.ndarray) -> None:
+        #: options that hold for every solve (``set_option``), given again to a copy
+        self.options: dict[str, object] = {}
         self.highs = highspy.Highs()
-        self.highs.setOptionValue("output_flag", False)
+        self.set_option("output_flag", False)
         # warm starts after a change of objective beat presolving each solve anew
-        self.highs.setOptionValue("presolve", "off")
+        self.set_option("presolve", "off")
         self.col_lo = np.zeros(0)
         self.col_hi = np.zeros(0)
         self.row_lo = np.zeros(0)
@@ -105,44 +107,77 @@ class RelaxationLP:
     def n_cols(self) -> int:
         return self.col_lo.size
 
+    def set_option(self, name: str, value: object) -> None:
+        """A HiGHS option for every solve of this model and of its copies and unpickled
+        twins (``time_limit`` and ``objective_bound`` are set by each ``extreme``)."""
+        self.options[name] = value
+        self.highs.setOptionValue(name, value)
+
     def clone(self) -> RelaxationLP:
         """An independent copy of the model as it stands (its own HiGHS instance, same
         options, its own bound arrays), so that two threads can solve the same relaxation
         at once: highspy releases the GIL while HiGHS runs. The copy starts with no basis
-        (set one with ``highs.setBasis``: a basis of the original fits it).
-
-        HiGHS computes its scaling at a model's first solve and only extends it to rows
-        added later, so the copy gets its scaling from the rows the original had then
-        (a zero-iteration solve before the later rows go in). Scaled with its cuts, a
-        copy of 5x100's layer-5 n56 LP took 950 simplex iterations per subdomain where
-        the original took 275 (the same 40 subdomains from their parents' bases)."""
+        (set one with ``highs.setBasis``: a basis of the original fits it)."""
         twin = copy.copy(self)
-        twin.highs = highspy.Highs()
-        twin.highs.passOptions(self.highs.getOptions())
-        twin.highs.passModel(self.highs.getLp())
-        first, m = self._scaled_rows, self.row_lo.size
-        if first is not None and first < m:
-            later = self.matrix()[first:]
-            twin.highs.deleteRows(m - first, np.arange(first, m, dtype=np.int32))
-            limit = self.highs.getOptions().simplex_iteration_limit
-            twin.highs.setOptionValue("simplex_iteration_limit", 0)
-            twin.highs.run()
-            twin.highs.setOptionValue("simplex_iteration_limit", limit)
-            twin.highs.addRows(
-                m - first,
-                self.row_lo[first:],
-                self.row_hi[first:],
-                later.nnz,
-                later.indptr[:-1].astype(np.int32),
-                later.indices.astype(np.int32),
-                later.data.astype(np.float64),
-            )
         for name in ("col_lo", "col_hi", "row_lo", "row_hi"):
             setattr(twin, name, getattr(self, name).copy())
         twin._blocks = list(self._blocks)
         twin.out_cols = list(self.out_cols)
         twin.triangles = list(self.triangles)
+        twin.options = dict(self.options)
+        twin._load()
         return twin
+
+    def __getstate__(self) -> dict:
+        """Everything but the HiGHS instance, which does not pickle: the arrays hold the
+        whole model, and ``__setstate__`` builds it again (a frontier part shipped to
+        another worker keeps its candidate's LP and cuts, see ``bab.Frontier``)."""
+        state = self.__dict__.copy()
+        del state["highs"]
+        state["_matrix"] = None
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._load()
+
+    def _load(self) -> None:
+        """A new HiGHS instance holding the model as the arrays describe it, no cost.
+
+        HiGHS computes its scaling at a model's first solve and only extends it to rows
+        added later, so the new instance gets its scaling from the rows the model had
+        then (a zero-iteration solve before the later rows go in). Scaled with its cuts, a
+        copy of 5x100's layer-5 n56 LP took 950 simplex iterations per subdomain where
+        the original took 275 (the same 40 subdomains from their parents' bases)."""
+        self.highs = highspy.Highs()
+        for name, value in self.options.items():
+            self.highs.setOptionValue(name, value)
+        n, empty = self.n_cols, np.zeros(0, dtype=np.int32)
+        self.highs.addCols(n, np.zeros(n), self.col_lo, self.col_hi, 0, empty, empty, np.zeros(0))
+        self._cost_cols = np.zeros(0, dtype=np.int32)
+        m = self.row_lo.size
+        first = m if self._scaled_rows is None else min(self._scaled_rows, m)
+        a = self.matrix()
+        self._pass_rows(a[:first], self.row_lo[:first], self.row_hi[:first])
+        if first < m:
+            limit = self.highs.getOptions().simplex_iteration_limit
+            self.highs.setOptionValue("simplex_iteration_limit", 0)
+            self.highs.run()
+            self.highs.setOptionValue("simplex_iteration_limit", limit)
+            self._pass_rows(a[first:], self.row_lo[first:], self.row_hi[first:])
+
+    def _pass_rows(self, csr: sp.csr_matrix, lo: np.ndarray, hi: np.ndarray) -> None:
+        """Rows lo <= csr z <= hi into the HiGHS instance (the arrays are the caller's)."""
+        if csr.shape[0]:
+            self.highs.addRows(
+                csr.shape[0],
+                lo,
+                hi,
+                csr.nnz,
+                csr.indptr[:-1].astype(np.int32),
+                csr.indices.astype(np.int32),
+                csr.data.astype(np.float64),
+            )
 
     def add_cols(self, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
         n = lo.size
@@ -158,15 +193,7 @@ class RelaxationLP:
         """Rows lo <= A z <= hi with A given as (values, (rows, columns))."""
         csr = sp.csr_matrix(triplets, shape=(lo.size, self.n_cols))
         csr.sort_indices()
-        self.highs.addRows(
-            lo.size,
-            lo,
-            hi,
-            csr.nnz,
-            csr.indptr[:-1].astype(np.int32),
-            csr.indices.astype(np.int32),
-            csr.data.astype(np.float64),
-        )
+        self._pass_rows(csr, lo, hi)
         self._blocks.append(csr)
         self._matrix = None
         self.row_lo = np.concatenate([self.row_lo, lo])

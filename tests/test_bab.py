@@ -141,13 +141,13 @@ def test_a_search_resumed_in_short_turns_decides_like_the_oracle():
     assert turns_taken > 16  # some searches needed several turns
 
 
-def _search_in_parts(evidence: NeuronEvidence, bounds, cand, most: int) -> tuple[str, int]:
+def _search_in_parts(evidence: NeuronEvidence, bounds, cand, most: int) -> tuple[str, int, int]:
     """A candidate's search handed out at every chance, as on a cluster: each search
     shares once it has two open subdomains (until ``most`` parts were made) and its
     frontier goes on in three parts, each a fresh search; the candidate is proved once
-    every part is. Returns the status and the parts made."""
+    every part is. Returns the status, the parts made and how many took an LP along."""
     todo: list = [None]
-    made, ends = 0, []
+    made, with_lp, ends = 0, 0, []
     while todo:
         search = CandidateSearch(evidence, bounds, cand, CPU, lambda m: None, frontier=todo.pop())
         search.share = lambda made=made: made < most
@@ -156,34 +156,35 @@ def _search_in_parts(evidence: NeuronEvidence, bounds, cand, most: int) -> tuple
             parts = search.frontier(3)
             assert sum(len(p.open_set) for p in parts) == len(search.open_set)
             made += len(parts)
+            with_lp += sum(p.lp is not None for p in parts)
             todo += parts
         elif out.status == "refuted":
-            return "refuted", made
+            return "refuted", made, with_lp
         else:
             ends.append(out.status)
-    return ("proved" if set(ends) == {"proved"} else "open"), made
+    return ("proved" if set(ends) == {"proved"} else "open"), made, with_lp
 
 
 @pytest.mark.parametrize("lps", [False, True])
 def test_a_search_in_parts_decides_like_the_oracle(lps, monkeypatch):
     """Parts of a frontier, each searched apart (--workers: a long search hands its open
     subdomains to idle workers), prove a candidate only where the oracle agrees, and
-    decide what the whole search decides. A search that gets subdomain LPs (``lps``)
-    is never shared: a part would start its LPs cold."""
+    decide what the whole search decides; with subdomain LPs (``lps``), each part goes
+    on with the search's LP and its subdomains' bases."""
     # weak back-substitution (no alpha or beta steps) leaves searches worth splitting
     monkeypatch.setattr(bab, "STEPS", 0)
     monkeypatch.setattr(bab, "ROOT_STEPS", 0)
-    if lps:
-        monkeypatch.setattr(bab, "LP_FROM_LAYER", 1)
-        monkeypatch.setattr(bab, "LP_AFTER", 0.0)
+    monkeypatch.setattr(bab, "LP_FROM_LAYER", 1)
+    monkeypatch.setattr(bab, "LP_AFTER", 0.0 if lps else None)
     net, box = _net(0, (4, 12, 12, 10, 2))
     bounds = interval_bounds(net, box)
-    parts = 0
+    parts = parts_with_lp = 0
     for layer, j, side, gmin, gmax in _every_candidate(net, box):
         cand = (layer, j, side)
         evidence = NeuronEvidence(net, box)
-        status, made = _search_in_parts(evidence, bounds, cand, most=30)
+        status, made, with_lp = _search_in_parts(evidence, bounds, cand, most=30)
         parts += made
+        parts_with_lp += with_lp
         _check(CandidateOutcome(status, 0.0, 0, 0, 0.0), evidence, side, gmin, gmax, layer, j)
         whole = prove_candidate(
             NeuronEvidence(net, box), bounds, cand, time.monotonic() + 10, CPU, print
@@ -192,7 +193,9 @@ def test_a_search_in_parts_decides_like_the_oracle(lps, monkeypatch):
         assert status == decided or "open" in (status, decided), (cand, whole)
         clear = (gmax < -1e-6 or gmax > 1e-6) if side == "pos" else abs(gmin) > 1e-6
         assert status != "open" or not clear, cand
-    assert (parts == 0) if lps else (parts > 8)  # several searches were split
+    # several searches were split; with LPs, the LP closes most subdomains before a split
+    assert parts > 8 or (lps and parts > 2)
+    assert parts_with_lp == (parts if lps else 0)
 
 
 def test_run_bab_shares_a_layer_budget_and_records_each_candidate_once():
@@ -516,6 +519,40 @@ def test_a_copy_of_a_subdomain_lp_bounds_like_it_and_apart_from_it():
         if alone[i] is not None:
             assert mine[i] == pytest.approx(alone[i], abs=1e-7 * (1 + abs(alone[i])))
             assert theirs[i] == pytest.approx(alone[i], abs=1e-7 * (1 + abs(alone[i])))
+
+
+def test_a_pickled_subdomain_lp_and_its_bases_bound_like_the_original():
+    """A frontier part shipped to another worker takes the search's LP, cuts included,
+    and its subdomains' bases (``Frontier.lp``, ``bab_lp.PortableBasis``): unpickled, the
+    LP gives the original's bounds, and a subdomain solved again from its own shipped
+    basis needs no simplex iteration (a cold start needs many)."""
+    import pickle
+
+    from exactcompress.bab_lp import portable
+
+    net, box, lower, upper, lp = _deep_lp(seed=1, cuts=True)
+    root = [np.zeros(len(lo), dtype=np.int8) for lo in lower]
+    lp.strengthen(root, 3, 10.0)
+    twin = pickle.loads(pickle.dumps(lp))
+    assert twin.n_cuts() == lp.n_cuts() > 0 and twin.lp.options == lp.lp.options
+    rng = np.random.default_rng(5)
+    cold = 0
+    for _ in range(6):
+        split = [s.copy() for s in root]
+        for k in range(3):
+            free = np.flatnonzero((lower[k] < 0) & (upper[k] > 0))
+            pick = free[rng.random(free.size) < 0.2]
+            split[k][pick] = rng.choice([-1, 1], size=pick.size)
+        value = lp.bound(split, 10.0, enough=None)[0]
+        basis = pickle.loads(pickle.dumps(portable(lp.last_basis())))
+        fresh = pickle.loads(pickle.dumps(lp))
+        again = fresh.bound(split, 10.0, basis, enough=None)[0]
+        assert fresh.lp.highs.getInfo().simplex_iteration_count == 0
+        cold_value = twin.bound(split, 10.0, enough=None)[0]
+        cold += twin.lp.highs.getInfo().simplex_iteration_count
+        for other in (again, cold_value):
+            assert other == pytest.approx(value, abs=1e-7 * (1 + abs(value)))
+    assert cold > 0
 
 
 def test_a_root_lp_cut_short_by_its_turn_is_resumed_not_rebuilt(monkeypatch):

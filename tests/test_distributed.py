@@ -9,8 +9,8 @@ rows a serial one writes. Without dask.distributed, --workers is a one-line erro
 from __future__ import annotations
 
 import csv
+import functools
 import json
-import logging
 import os
 import signal
 import sys
@@ -25,8 +25,7 @@ from oracle import random_net
 pytest.importorskip("distributed")
 
 import cloudpickle  # noqa: E402
-import dask  # noqa: E402
-from distributed import Client, LocalCluster  # noqa: E402
+from distributed import Client  # noqa: E402
 
 from exactcompress import distributed as dist_exec  # noqa: E402
 from exactcompress.cli import main  # noqa: E402
@@ -63,15 +62,7 @@ def _options(prover: str, formulation: str, **more) -> StabilityOptions:
 def address():
     """Two worker processes with torch imported; a task on a lost worker fails at once
     (allowed-failures 0) instead of being retried elsewhere."""
-    with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
-        cluster = LocalCluster(
-            n_workers=2,
-            threads_per_worker=1,
-            processes=True,
-            host="127.0.0.1",
-            dashboard_address=":0",
-            silence_logs=logging.ERROR,
-        )
+    cluster = dist_exec.local_cluster(2, **{"distributed.scheduler.allowed-failures": 0})
     with cluster, Client(cluster) as client:
         client.run(lambda: __import__("exactcompress.distributed") and None)
         yield cluster.scheduler_address
@@ -97,31 +88,48 @@ def test_cluster_gives_the_serial_states(address, prover, formulation):
         assert spread.extra["options"]["scheduler"] == address
 
 
-def _weak_bab_task(shared, snap, job, settings, *part):
-    """Branch and bound without alpha or beta steps and without subdomain LPs (a search
-    with LPs is never shared): more subdomains, so that searches run long enough to be
-    spread."""
+def _weak_bab_task(shared, snap, job, settings, *part, lps=False):
+    """Branch and bound without alpha or beta steps, so that searches run long enough to
+    be spread. With ``lps``: subdomain LPs from the start on every candidate past the
+    first layer (the parts take the LP and their bases along), and a search shares at
+    every chance, as if a worker were always idle (the LPs close these small models'
+    candidates in a few subdomains, too fast to count on the client seeing an idle
+    worker); else no LPs, and the client's count of idle workers decides."""
     from exactcompress import bab
 
-    kept = bab.STEPS, bab.ROOT_STEPS, bab.LP_AFTER
-    bab.STEPS = bab.ROOT_STEPS = 0
-    bab.LP_AFTER = None
+    names = ("STEPS", "ROOT_STEPS", "LP_AFTER", "LP_FROM_LAYER")
+    kept = [getattr(bab, name) for name in names]
+    for name, value in zip(names, (0, 0, 0.0 if lps else None, 1)):
+        setattr(bab, name, value)
+    wanted = dist_exec.IdleWorkers.wanted
+
+    def always(self):
+        self.count = 1
+        return True
+
+    if lps:
+        dist_exec.IdleWorkers.wanted = always
     try:
         return dist_exec.bab_task(shared, snap, job, settings, *part)
     finally:
-        bab.STEPS, bab.ROOT_STEPS, bab.LP_AFTER = kept
+        dist_exec.IdleWorkers.wanted = wanted
+        for name, value in zip(names, kept):
+            setattr(bab, name, value)
 
 
-def test_searches_spread_over_idle_workers_give_the_serial_states(address, monkeypatch):
+@pytest.mark.parametrize("lps", [False, True])
+def test_searches_spread_over_idle_workers_give_the_serial_states(lps, address, monkeypatch):
     """Sharing at once (no wait, asking before every batch): searches hand their open
     subdomains to the idle worker in parts, each a task of its own, and the candidates
     come out as in process (proved only once every part is closed)."""
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    monkeypatch.setitem(dist_exec.TASKS, "bab", _weak_bab_task)
+    monkeypatch.setitem(dist_exec.TASKS, "bab", functools.partial(_weak_bab_task, lps=lps))
     monkeypatch.setattr(dist_exec, "SHARE_AFTER", 0.0)
     monkeypatch.setattr(dist_exec, "SHARE_POLL", 0.0)
     parts = 0
-    for seed, widths in [*MODELS, (1, (4, 16, 16, 12, 2)), (2, (4, 16, 16, 16, 2))]:
+    # LPs close more at once: a larger model leaves searches to spread
+    models = [(4, (5, 24, 24, 24, 2))] if lps else [*MODELS, (1, (4, 16, 16, 12, 2))]
+    for seed, widths in [*models, (2, (4, 16, 16, 16, 2))]:
         net, box = _net(seed, widths)
         serial = find_stable_neurons(net, box, None, _options("bab", "network"))
         spread = find_stable_neurons(net, box, None, _options("bab", "network", scheduler=address))
