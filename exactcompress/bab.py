@@ -184,7 +184,7 @@ class _Domains:
             move(self.beta),
             self.bound.to(dev),
             self.depth.to(dev),
-            [portable(b) for b in self.basis],
+            portable(self.basis),
             self.hint.to(dev),
             self.lp_due.to(dev),
         )

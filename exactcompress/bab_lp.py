@@ -38,9 +38,8 @@ from .tighten import INF, RelaxationLP
 PRICING = 1
 
 
-#: HiGHS' basis statuses, in the order of their codes in a ``PortableBasis``
-_STATUSES = list(highspy.HighsBasisStatus.__members__.values())
-_CODES = {status: code for code, status in enumerate(_STATUSES)}
+#: HiGHS' basis statuses by their codes (``.value``)
+_STATUSES = {s.value: s for s in highspy.HighsBasisStatus.__members__.values()}
 
 
 class PortableBasis:
@@ -49,8 +48,8 @@ class PortableBasis:
     part's LPs then start from their parents' bases, not cold)."""
 
     def __init__(self, basis: highspy.HighsBasis) -> None:
-        self.cols = np.fromiter((_CODES[s] for s in basis.col_status), np.int8)
-        self.rows = np.fromiter((_CODES[s] for s in basis.row_status), np.int8)
+        self.cols = np.array([s.value for s in basis.col_status], np.int8)
+        self.rows = np.array([s.value for s in basis.row_status], np.int8)
 
     def to_highs(self) -> highspy.HighsBasis:
         basis = highspy.HighsBasis()
@@ -60,9 +59,19 @@ class PortableBasis:
         return basis
 
 
-def portable(basis: highspy.HighsBasis | PortableBasis | None) -> PortableBasis | None:
-    """``basis`` in a form that pickles."""
-    return PortableBasis(basis) if isinstance(basis, highspy.HighsBasis) else basis
+def portable(bases: list) -> list[PortableBasis | None]:
+    """These bases (HighsBasis, PortableBasis or None) in a form that pickles, each
+    distinct one converted once (siblings share their parent's: a few ms each on a
+    5x100 candidate's LP)."""
+    done: dict[int, PortableBasis] = {}
+    out = []
+    for basis in bases:
+        if isinstance(basis, highspy.HighsBasis):
+            if id(basis) not in done:
+                done[id(basis)] = PortableBasis(basis)
+            basis = done[id(basis)]
+        out.append(basis)
+    return out
 
 
 class SubdomainLP:

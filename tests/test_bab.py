@@ -544,7 +544,7 @@ def test_a_pickled_subdomain_lp_and_its_bases_bound_like_the_original():
             pick = free[rng.random(free.size) < 0.2]
             split[k][pick] = rng.choice([-1, 1], size=pick.size)
         value = lp.bound(split, 10.0, enough=None)[0]
-        basis = pickle.loads(pickle.dumps(portable(lp.last_basis())))
+        basis = pickle.loads(pickle.dumps(portable([lp.last_basis()])))[0]
         fresh = pickle.loads(pickle.dumps(lp))
         again = fresh.bound(split, 10.0, basis, enough=None)[0]
         assert fresh.lp.highs.getInfo().simplex_iteration_count == 0
