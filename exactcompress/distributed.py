@@ -661,25 +661,22 @@ class DaskExecutor:
     ) -> None:
         """Wait for the tasks; a finished task's witnesses cancel the queued tasks whose
         candidates they all refute; past the time limit (and GRACE) the rest is abandoned."""
-        last_say = time.monotonic()
         n = len(pending)
-        while pending:
-            done = [f for f in pending if f.status != "pending"]
-            if not done:
-                if time.monotonic() > deadline + GRACE:
-                    for job in pending.values():
-                        results[job] = "time limit"
-                    return
-                if time.monotonic() - last_say >= PROGRESS_EVERY:
-                    last_say = time.monotonic()
-                    self.say(f"  dask: {n - len(pending)} of {n} tasks done")
-                time.sleep(POLL)
-                continue
-            for fut in done:
-                job = pending.pop(fut)
-                results[job] = _result(fut)
-                if isinstance(results[job], TaskResult):
-                    self._cancel_refuted(evidence, results[job].witnesses, pending, results)
+
+        def finished(fut: Future) -> None:
+            job = pending.pop(fut)
+            results[job] = _result(fut)
+            if isinstance(results[job], TaskResult):
+                self._cancel_refuted(evidence, results[job].witnesses, pending, results)
+
+        def expired() -> None:
+            for job in pending.values():
+                results[job] = "time limit"
+
+        def say() -> None:
+            self.say(f"  dask: {n - len(pending)} of {n} tasks done")
+
+        wait_for(pending, deadline, finished, expired, say)
 
     @staticmethod
     def _cancel_refuted(
@@ -775,26 +772,25 @@ class BabRound:
         spread.running[fut] = math.inf if part is None else part.bound
 
     def _collect(self, deadline: float) -> None:
-        last_say, idle = time.monotonic(), 0
-        while self.pending:
-            done = [f for f in self.pending if f.status != "pending"]
-            if done:
-                for fut in done:
-                    if fut in self.pending:  # not cancelled by a result before it
-                        self._finished(fut, deadline)
-                continue
-            if time.monotonic() > deadline + GRACE:
-                for spread in set(self.pending.values()):
-                    self._end(spread, "time limit")
-                return
+        idle = 0
+
+        def expired() -> None:
+            for spread in set(self.pending.values()):
+                self._end(spread, "time limit")
+
+        def waiting() -> None:
+            nonlocal idle
             now_idle = max(0, self.capacity - len(self.pending))
             if now_idle != idle:
                 idle = now_idle
                 self.idle.set(idle)
-            if time.monotonic() - last_say >= PROGRESS_EVERY:
-                last_say = time.monotonic()
-                self.progress(f"  dask: {len(self.pending)} branch-and-bound tasks running")
-            time.sleep(POLL)
+
+        def say() -> None:
+            self.progress(f"  dask: {len(self.pending)} branch-and-bound tasks running")
+
+        wait_for(
+            self.pending, deadline, lambda fut: self._finished(fut, deadline), expired, say, waiting
+        )
 
     def _finished(self, fut: Future, deadline: float) -> None:
         spread = self.pending.pop(fut)
@@ -867,6 +863,38 @@ class BabRound:
                 if self.s.give_up:
                     evidence.give_up(layer, [j], _why(spread.status, out.bound))
             self.stats.record(spread.cand, out)
+
+
+def wait_for(
+    pending: dict[Future, Any],
+    deadline: float,
+    finished: Callable[[Future], None],
+    expired: Callable[[], None],
+    say: Callable[[], None],
+    waiting: Callable[[], None] = lambda: None,
+) -> None:
+    """Poll ``pending`` every POLL seconds until it is empty: ``finished(fut)`` for each
+    future done (it must take ``fut`` out of ``pending``, and may take out others it
+    cancels), ``waiting()`` on each poll that found none, ``say()`` every PROGRESS_EVERY
+    seconds; past ``deadline`` and GRACE, ``expired()`` and return with the rest left
+    running (the caller cancels them)."""
+    last_say = time.monotonic()
+    while pending:
+        done = [f for f in pending if f.status != "pending"]
+        if done:
+            for fut in done:
+                if fut in pending:  # not taken out by an earlier one's ``finished``
+                    finished(fut)
+            continue
+        now = time.monotonic()
+        if now > deadline + GRACE:
+            expired()
+            return
+        waiting()
+        if now - last_say >= PROGRESS_EVERY:
+            last_say = now
+            say()
+        time.sleep(POLL)
 
 
 def _why(status: str, bound: float) -> str:

@@ -285,3 +285,24 @@ def test_workers_without_the_extra_is_a_one_line_error(tmp_path, monkeypatch, ca
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "pip install 'exactcompress[dist]'" in err
+
+
+class _Done:
+    """A future that has finished (``wait_for`` reads only its status)."""
+
+    status = "finished"
+
+
+def test_wait_for_skips_futures_a_finished_one_took_out():
+    """Two tasks done in the same poll, the first one's witnesses refuting the second's
+    candidates: the second was cancelled and taken out, so it is not finished again."""
+    first, second = _Done(), _Done()
+    pending = {first: "a", second: "b"}
+    seen = []
+
+    def finished(fut):
+        seen.append(pending.pop(fut))
+        pending.pop(second, None)  # what _cancel_refuted does
+
+    dist_exec.wait_for(pending, time.monotonic() + 5, finished, pytest.fail, lambda: None)
+    assert seen == ["a"] and not pending
