@@ -3,14 +3,19 @@ side by side in one run (benchmarks/README.md, *On a cluster*).
 
 The clusters are started before the runs, as a user's long-lived ``dask scheduler``
 would be, so their start is not counted; "exact" is the report's bab + milp seconds.
-Usage: ``python -m benchmarks.cluster_speedup MODEL.pt [MODEL.pt ...]`` (the hard
-suite's cached models, e.g. ``bench-results/models/digits28_2x800_l1-0.0002_s0_e40.pt``).
+Usage: ``python -m benchmarks.cluster_speedup [--repeat N] MODEL.pt [MODEL.pt ...]``
+(the hard suite's cached models, e.g.
+``bench-results/models/digits28_2x800_l1-0.0002_s0_e40.pt``). With ``--repeat N`` each
+model's three runs are made N times in turn and the medians are printed: a long exact
+stage's 2-worker time moves by a quarter from run to run (which subdomains go to which
+part of a spread search depends on timing).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
-import sys
+import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,18 +43,22 @@ def exact_run(path: Path, scheduler: str | None, jobs: int | None = None) -> Exa
     return ExactRun(seconds, report.complete, states)
 
 
-def main(paths: list[str]) -> None:
+def main(paths: list[str], repeat: int = 1) -> None:
     clusters = {n: local_cluster(n) for n in (1, 2)}
     print("model | in process s | 1 worker s | 2 workers s | 1 worker / 2 workers | same states")
     try:
         for path in map(Path, paths):
-            # in process on one thread, as each cluster task runs (--jobs would add threads)
-            runs = [exact_run(path, None, jobs=1)]
-            runs += [exact_run(path, clusters[n].scheduler_address) for n in (1, 2)]
-            s0, s1, s2 = (r.seconds for r in runs)
-            same = all(r.states == runs[0].states for r in runs)
+            rows, same = [], True
+            for _ in range(repeat):
+                # in process on one thread, as each cluster task runs (--jobs adds threads)
+                runs = [exact_run(path, None, jobs=1)]
+                runs += [exact_run(path, clusters[n].scheduler_address) for n in (1, 2)]
+                rows.append([r.seconds for r in runs])
+                same &= all(r.states == runs[0].states for r in runs)
+            s0, s1, s2 = (statistics.median(col) for col in zip(*rows))
+            ratio = statistics.median(r[1] / r[2] for r in rows)
             print(
-                f"{path.stem} | {s0:.2f} | {s1:.2f} | {s2:.2f} | {s1 / s2:.2f}x | {same}",
+                f"{path.stem} | {s0:.2f} | {s1:.2f} | {s2:.2f} | {ratio:.2f}x | {same}",
                 flush=True,
             )
     finally:
@@ -58,4 +67,8 @@ def main(paths: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("models", nargs="+", help="model files (.pt)")
+    parser.add_argument("--repeat", type=int, default=1, help="runs per model (medians)")
+    args = parser.parse_args()
+    main(args.models, args.repeat)
