@@ -48,13 +48,22 @@ def main(paths: list[str], repeat: int = 1) -> None:
     print("model | in process s | 1 worker s | 2 workers s | 1 worker / 2 workers | same states")
     try:
         for path in map(Path, paths):
-            rows, same = [], True
+            rows, same, states = [], True, set()
             for _ in range(repeat):
                 # in process on one thread, as each cluster task runs (--jobs adds threads)
                 runs = [exact_run(path, None, jobs=1)]
                 runs += [exact_run(path, clusters[n].scheduler_address) for n in (1, 2)]
                 rows.append([r.seconds for r in runs])
-                same &= all(r.states == runs[0].states for r in runs)
+                states |= {r.states for r in runs}
+                complete = all(r.complete for r in runs)
+                same &= len(states) == 1
+                if len(states) > 1 or not complete:  # which runs, to tell a time limit apart
+                    print(
+                        f"  {path.stem}: states differ or a run is incomplete; complete "
+                        f"(in process, 1 worker, 2 workers): {[r.complete for r in runs]}; "
+                        f"seconds {[round(r.seconds, 1) for r in runs]}",
+                        flush=True,
+                    )
             s0, s1, s2 = (statistics.median(col) for col in zip(*rows))
             ratio = statistics.median(r[1] / r[2] for r in rows)
             print(
