@@ -145,13 +145,13 @@ def cluster(workers: int, scheduler: str | None, say: Progress) -> Iterator[Clie
         yield client
 
 
-def local_cluster(workers: int, **config: Any) -> LocalCluster:
+def local_cluster(workers: int, config: dict[str, Any] | None = None) -> LocalCluster:
     """A LocalCluster of ``workers`` processes with one thread each, its scheduler set up
     with SCHEDULER_CONFIG and ``config`` (more Dask settings, for tests)."""
     dist = require_distributed()
     import dask  # installed with distributed
 
-    with dask.config.set({**SCHEDULER_CONFIG, **config}):
+    with dask.config.set({**SCHEDULER_CONFIG, **(config or {})}):
         return dist.LocalCluster(
             n_workers=workers,
             threads_per_worker=1,

@@ -486,6 +486,17 @@ def test_subdomain_lps_two_at_a_time_decide_like_the_oracle(seed, monkeypatch):
     assert calls > 0 and copies > 0
 
 
+def _random_split(root, lower, upper, rng, share: float) -> list[np.ndarray]:
+    """A subdomain's splits: about ``share`` of each layer's unstable neurons split, each
+    to a random side (contradicting splits included)."""
+    split = [s.copy() for s in root]
+    for k in range(len(root)):
+        free = np.flatnonzero((lower[k] < 0) & (upper[k] > 0))
+        pick = free[rng.random(free.size) < share]
+        split[k][pick] = rng.choice([-1, 1], size=pick.size)
+    return split
+
+
 def test_a_copy_of_a_subdomain_lp_bounds_like_it_and_apart_from_it():
     """A copy (for a second thread) holds the same model, cuts included: it gives the
     original's bounds on the same subdomains, and bounding a subdomain on one leaves the
@@ -499,14 +510,7 @@ def test_a_copy_of_a_subdomain_lp_bounds_like_it_and_apart_from_it():
     assert twin.n_cuts() == lp.n_cuts() > 0
     assert twin.lp.highs is not lp.lp.highs
     rng = np.random.default_rng(3)
-    splits = []
-    for _ in range(8):
-        split = [s.copy() for s in root]
-        for k in range(3):
-            free = np.flatnonzero((lower[k] < 0) & (upper[k] > 0))
-            pick = free[rng.random(free.size) < 0.25]
-            split[k][pick] = rng.choice([-1, 1], size=pick.size)
-        splits.append(split)
+    splits = [_random_split(root, lower, upper, rng, 0.25) for _ in range(8)]
 
     def bounds(model, order):
         return {i: model.bound(splits[i], 10.0, enough=None)[0] for i in order}
@@ -538,11 +542,7 @@ def test_a_pickled_subdomain_lp_and_its_bases_bound_like_the_original():
     rng = np.random.default_rng(5)
     cold = 0
     for _ in range(6):
-        split = [s.copy() for s in root]
-        for k in range(3):
-            free = np.flatnonzero((lower[k] < 0) & (upper[k] > 0))
-            pick = free[rng.random(free.size) < 0.2]
-            split[k][pick] = rng.choice([-1, 1], size=pick.size)
+        split = _random_split(root, lower, upper, rng, 0.2)
         value = lp.bound(split, 10.0, enough=None)[0]
         basis = pickle.loads(pickle.dumps(portable([lp.last_basis()])))[0]
         fresh = pickle.loads(pickle.dumps(lp))

@@ -62,7 +62,7 @@ def _options(prover: str, formulation: str, **more) -> StabilityOptions:
 def address():
     """Two worker processes with torch imported; a task on a lost worker fails at once
     (allowed-failures 0) instead of being retried elsewhere."""
-    cluster = dist_exec.local_cluster(2, **{"distributed.scheduler.allowed-failures": 0})
+    cluster = dist_exec.local_cluster(2, {"distributed.scheduler.allowed-failures": 0})
     with cluster, Client(cluster) as client:
         client.run(lambda: __import__("exactcompress.distributed") and None)
         yield cluster.scheduler_address
