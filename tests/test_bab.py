@@ -24,6 +24,15 @@ from exactcompress.stability import StabilityOptions, find_stable_neurons
 from exactcompress.tighten import cost_scale, leaf_bound
 
 CPU = torch.device("cpu")
+#: CUDA runs where there is a GPU (benchmarks/README.md, *On a GPU*)
+DEVICES = [
+    CPU,
+    pytest.param(
+        torch.device("cuda"),
+        marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"),
+        id="cuda",
+    ),
+]
 
 
 def _net(seed: int, widths=(3, 8, 8, 6, 2)) -> tuple[ReLUNetwork, Box]:
@@ -57,16 +66,19 @@ def _check(out, evidence, side, gmin, gmax, layer, j) -> None:
         assert (g > 0) if side == "pos" else (g < 0)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize(
     "seed", [0, 1, 2, *(pytest.param(s, marks=pytest.mark.slow) for s in range(3, 8))]
 )
-def test_bab_decides_like_the_oracle(seed):
+def test_bab_decides_like_the_oracle(seed, device):
     net, box = _net(seed)
     bounds = interval_bounds(net, box)
     decided = 0
     for layer, j, side, gmin, gmax in _every_candidate(net, box):
         evidence = NeuronEvidence(net, box)
-        out = prove_candidate(evidence, bounds, (layer, j, side), time.monotonic() + 20, CPU, print)
+        out = prove_candidate(
+            evidence, bounds, (layer, j, side), time.monotonic() + 20, device, print
+        )
         _check(out, evidence, side, gmin, gmax, layer, j)
         clear = (gmax < -1e-6 or gmax > 1e-6) if side == "pos" else abs(gmin) > 1e-6
         if clear:
@@ -89,16 +101,19 @@ def _near_zero_net(seed: int) -> tuple[ReLUNetwork, Box, list[tuple[int, int]]]:
     return ReLUNetwork(net.weights, net.biases), box, shifted
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize(
     "seed", [0, 1, *(pytest.param(s, marks=pytest.mark.slow) for s in range(2, 6))]
 )
-def test_neurons_at_zero_are_never_decided_wrongly(seed):
+def test_neurons_at_zero_are_never_decided_wrongly(seed, device):
     net, box, shifted = _near_zero_net(seed)
     bounds = interval_bounds(net, box)
     for layer, j in shifted:
         gmin, gmax = _truth(net, box, layer, j)
         evidence = NeuronEvidence(net, box)
-        out = prove_candidate(evidence, bounds, (layer, j, "pos"), time.monotonic() + 2, CPU, print)
+        out = prove_candidate(
+            evidence, bounds, (layer, j, "pos"), time.monotonic() + 2, device, print
+        )
         _check(out, evidence, "pos", gmin, gmax, layer, j)
         if gmax > 1e-9:  # really positive somewhere: only a witness may settle it
             assert out.status != "proved"
@@ -299,11 +314,14 @@ def test_run_bab_hands_the_time_a_layer_leaves_to_the_next(monkeypatch):
     assert hard["seconds"] > 0.3 + 4 * (0.3 - 0.1) - 0.1  # its share and layer 2's leftover
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("prover", ["bab", "auto", "milp"])
-def test_provers_agree_through_the_pipeline(prover):
+def test_provers_agree_through_the_pipeline(prover, device):
     """Every prover gives the oracle's states (up to undecided) on the same network."""
     net, box = _net(5, (4, 12, 12, 8, 2))
-    options = StabilityOptions(prover=prover, solver="highs", samples=0, witness_search=False)
+    options = StabilityOptions(
+        prover=prover, solver="highs", samples=0, witness_search=False, device=str(device)
+    )
     report = find_stable_neurons(net, box, None, options)
     assert report.complete
     for layer, states in enumerate(report.states):
@@ -445,14 +463,16 @@ def test_subdomain_lp_bounds_every_point_of_its_subdomain():
     assert stopped_early > 0
 
 
-def _lp_searches_agree_with_the_oracle(net: ReLUNetwork, box: Box, threads: int):
+def _lp_searches_agree_with_the_oracle(
+    net: ReLUNetwork, box: Box, threads: int, device: torch.device = CPU
+):
     """Every candidate's search with ``threads`` subdomain LPs at a time, each decision
     checked against scipy's MILP; returns the LP calls, cuts and LP copies made."""
     bounds = interval_bounds(net, box)
     calls = cuts = copies = 0
     for layer, j, side, gmin, gmax in _every_candidate(net, box):
         evidence = NeuronEvidence(net, box)
-        search = CandidateSearch(evidence, bounds, (layer, j, side), CPU, lambda m: None)
+        search = CandidateSearch(evidence, bounds, (layer, j, side), device, lambda m: None)
         search.lp_threads = lambda: threads
         with bab.one_thread():
             out = search.advance(time.monotonic() + 10)
@@ -464,13 +484,14 @@ def _lp_searches_agree_with_the_oracle(net: ReLUNetwork, box: Box, threads: int)
     return calls, cuts, copies
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_bab_with_subdomain_lps_decides_like_the_oracle(seed, monkeypatch):
+def test_bab_with_subdomain_lps_decides_like_the_oracle(seed, device, monkeypatch):
     """Subdomains closed by their LP with ideal cuts (here every subdomain's, on every
     layer, from the start) are closed soundly: every decision agrees with scipy's MILP."""
     monkeypatch.setattr(bab, "LP_FROM_LAYER", 1)
     monkeypatch.setattr(bab, "LP_AFTER", 0.0)
-    calls, cuts, _ = _lp_searches_agree_with_the_oracle(*_net(seed), threads=1)
+    calls, cuts, _ = _lp_searches_agree_with_the_oracle(*_net(seed), threads=1, device=device)
     assert calls > 0 and cuts > 0
 
 
