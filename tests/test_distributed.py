@@ -13,6 +13,7 @@ import functools
 import json
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -306,3 +307,44 @@ def test_wait_for_skips_futures_a_finished_one_took_out():
 
     dist_exec.wait_for(pending, time.monotonic() + 5, finished, pytest.fail, lambda: None)
     assert seen == ["a"] and not pending
+
+
+#: the bytes glibc maps afresh (mmap) for one 4 MB malloc, in a process started as
+#: Dask's nanny starts its workers (MALLOC_TRIM_THRESHOLD_ set)
+_MAPPED_BYTES = """
+import ctypes, sys
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd",
+        "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+libc = ctypes.CDLL("libc.so.6")
+libc.mallinfo2.restype = MallInfo2
+libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+libc.free.argtypes = [ctypes.c_void_p]
+if sys.argv[1] == "fast":
+    from exactcompress.distributed import _fast_malloc
+    _fast_malloc()
+before = libc.mallinfo2().hblkhd
+block = libc.malloc(4 << 20)
+print(libc.mallinfo2().hblkhd - before)
+libc.free(block)
+"""
+
+
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux") or not hasattr(os, "confstr"), reason="glibc only"
+)
+def test_fast_malloc_keeps_large_buffers_off_mmap_in_a_nanny_started_worker():
+    """With the nanny's MALLOC_TRIM_THRESHOLD_, every buffer over 128 kB is mapped and
+    unmapped afresh; after _fast_malloc a 4 MB buffer comes from the heap."""
+    version = os.confstr("CS_GNU_LIBC_VERSION") or ""
+    if not version.startswith("glibc") or tuple(map(int, version.split()[1].split("."))) < (2, 33):
+        pytest.skip("needs glibc >= 2.33 (mallinfo2)")
+    env = {**os.environ, "MALLOC_TRIM_THRESHOLD_": "65536"}
+
+    def mapped(mode: str) -> int:
+        run = [sys.executable, "-c", _MAPPED_BYTES, mode]
+        return int(subprocess.run(run, env=env, capture_output=True, check=True).stdout)
+
+    assert mapped("plain") >= 4 << 20  # what a worker had before
+    assert mapped("fast") == 0
