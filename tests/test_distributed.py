@@ -12,6 +12,7 @@ import csv
 import functools
 import json
 import os
+import platform
 import signal
 import subprocess
 import sys
@@ -331,15 +332,15 @@ libc.free(block)
 """
 
 
-@pytest.mark.skipif(
-    not sys.platform.startswith("linux") or not hasattr(os, "confstr"), reason="glibc only"
-)
+def _glibc_with_mallinfo2() -> bool:
+    lib, version = platform.libc_ver()
+    return lib == "glibc" and tuple(map(int, version.split(".")[:2])) >= (2, 33)
+
+
+@pytest.mark.skipif(not _glibc_with_mallinfo2(), reason="needs glibc >= 2.33 (mallinfo2)")
 def test_fast_malloc_keeps_large_buffers_off_mmap_in_a_nanny_started_worker():
     """With the nanny's MALLOC_TRIM_THRESHOLD_, every buffer over 128 kB is mapped and
     unmapped afresh; after _fast_malloc a 4 MB buffer comes from the heap."""
-    version = os.confstr("CS_GNU_LIBC_VERSION") or ""
-    if not version.startswith("glibc") or tuple(map(int, version.split()[1].split("."))) < (2, 33):
-        pytest.skip("needs glibc >= 2.33 (mallinfo2)")
     env = {**os.environ, "MALLOC_TRIM_THRESHOLD_": "65536"}
 
     def mapped(mode: str) -> int:
